@@ -1,0 +1,5 @@
+"""``python -m coordinator``."""
+
+from .cli import main
+
+main()

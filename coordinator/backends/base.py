@@ -1,0 +1,87 @@
+"""The one small surface every inference backend implements.
+
+The gateway is a faithful proxy: it parses a request body once (for the dedup key,
+the context cache and accounting), then hands the backend an ``UpstreamRequest``
+and gets back an ``UpstreamResponse`` holding either the whole body or the raw
+bytes of an SSE stream. Backends translate their transport's and SDK's
+exceptions here, at the boundary, into ``RetryableError`` / ``FatalBackendError``;
+nothing above ``backends/`` imports an SDK. Retries live in the gateway, so
+backends never retry on their own.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import BackendConfig
+
+Api = Literal["anthropic", "openai"]
+
+# Paths each wire format uses; a backend lists the APIs it serves in ``apis``.
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+OPENAI_PATHS = ("/v1/chat/completions",)
+
+# Status codes worth retrying (DESIGN §7).
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """One call to send upstream, already routed and with its model mapped."""
+
+    api: Api
+    path: str
+    body: dict[str, Any]
+    stream: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)  # anthropic-version, anthropic-beta, ...
+    query: str = ""  # e.g. "beta=true", passed through
+    base_url: str | None = None  # chosen by prefix-affinity routing when several are configured
+
+
+@dataclass
+class UpstreamResponse:
+    """A successful upstream answer: a whole body, or a stream of raw SSE bytes."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    _closer: Any = None
+
+    async def aclose(self) -> None:
+        """Release the upstream connection (cancels a stream still running)."""
+        if self._closer is not None:
+            closer, self._closer = self._closer, None
+            await closer()
+
+
+class Backend(ABC):
+    """An upstream inference provider.
+
+    ``send`` returns only successes (2xx). Failures raise ``RetryableError``
+    (with ``retry_after_s`` from ``retry-after``, honouring ``x-should-retry``)
+    or ``FatalBackendError`` (carrying the upstream status and error body, so the
+    gateway can pass it to the client as it came). A stream that breaks part-way
+    raises ``RetryableError`` from its ``chunks`` iterator.
+    """
+
+    kind: str = ""
+    apis: frozenset[str] = frozenset()
+
+    def __init__(self, name: str, config: BackendConfig) -> None:
+        self.name = name
+        self.config = config
+
+    @abstractmethod
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Make one upstream call, without retrying."""
+
+    async def aclose(self) -> None:
+        """Close pooled connections; the default has none."""
+
+    def serves(self, api: str) -> bool:
+        """Whether this backend speaks ``api`` ("anthropic" or "openai")."""
+        return api in self.apis

@@ -1,0 +1,209 @@
+"""fleet.toml → frozen pydantic models, parsed once at the edge.
+
+Every key has a default, so a missing fleet.toml means all defaults. Errors are
+``ConfigError`` naming the file, the key and the fix. Core code receives a
+``FleetConfig`` and never reads the environment itself; the one exception is
+``ROOT_ENV``, resolved here for the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .validation import first_error, key_line, toml_error_line, toml_error_reason
+
+ROOT_ENV = "COORDINATOR_ROOT"
+CONFIG_NAME = "fleet.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FleetSection(_Strict):
+    """The ``[fleet]`` table: queue and agent-process settings."""
+
+    agents: int = Field(4, ge=1, le=256)
+    tasks_dir: str = "tasks"
+    state_dir: str = ".coordinator"
+    default_agent: str = "llm"
+    lease_s: float = Field(30.0, gt=0)
+    heartbeat_s: float = Field(5.0, gt=0)
+    grace_s: float = Field(10.0, ge=0)
+    max_usd: float = Field(0.0, ge=0)
+
+
+class GatewaySection(_Strict):
+    """The ``[gateway]`` table: the shared inference pipeline."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    dedup: bool = True
+    cache_ttl_s: float = Field(600.0, ge=0)
+    cache_max_mb: float = Field(64.0, ge=0)
+    context_cache: Literal["auto", "off"] = "auto"
+    max_queue: int = Field(1024, ge=1)
+    warmup_wait_s: float = Field(30.0, ge=0)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        if value not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("the gateway listens on loopback only; use 127.0.0.1")
+        return value
+
+
+class BackendConfig(_Strict):
+    """One ``[backends.NAME]`` table."""
+
+    kind: Literal["auto", "anthropic", "openai", "echo"] = "auto"
+    base_url: str | list[str] | None = None
+    api_key_env: str | None = None
+    rpm: float = Field(0.0, ge=0)
+    input_tpm: float = Field(0.0, ge=0)
+    output_tpm: float = Field(0.0, ge=0)
+    max_concurrency: int = Field(64, ge=1)
+    timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    retry_base_s: float = Field(0.5, ge=0)
+    retry_max_s: float = Field(30.0, ge=0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_open_s: float = Field(30.0, gt=0)
+    fallback: list[str] = []
+    latency_ms: float = Field(20.0, ge=0)  # echo only: time to first token
+    ms_per_token: float = Field(0.0, ge=0)  # echo only: streaming pace
+
+    @property
+    def base_urls(self) -> list[str]:
+        """``base_url`` as a list (several servers get prefix-affinity routing)."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+
+class ModelAlias(_Strict):
+    """One ``[models]`` entry: a backend, the upstream model and its prices per MTok."""
+
+    backend: str = "default"
+    model: str = "claude-sonnet-4-5"
+    input_usd_per_mtok: float | None = None
+    output_usd_per_mtok: float | None = None
+    cache_write_usd_per_mtok: float | None = None
+    cache_read_usd_per_mtok: float | None = None
+
+
+class AgentConfig(_Strict):
+    """One ``[agents.NAME]`` table: an ``llm`` or ``command`` runner."""
+
+    kind: Literal["llm", "command"] = "llm"
+    system: str = "You are a careful engineer."
+    shared_context: list[str] = []
+    model: str = "default"
+    max_tokens: int = Field(1024, ge=1)
+    command: list[str] = []
+    env: dict[str, str] = {}
+    timeout_s: float = Field(600.0, gt=0)
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, value: list[str]) -> list[str]:
+        if value and not value[0].strip():
+            raise ValueError("command[0] must name a program")
+        return value
+
+
+def _default_agents() -> dict[str, AgentConfig]:
+    return {"llm": AgentConfig(kind="llm")}
+
+
+def _default_models() -> dict[str, ModelAlias]:
+    return {"default": ModelAlias()}
+
+
+def _default_backends() -> dict[str, BackendConfig]:
+    return {"default": BackendConfig()}
+
+
+class FleetConfig(_Strict):
+    """The parsed fleet.toml plus the fleet root it was found in."""
+
+    root: Path = Path(".")
+    fleet: FleetSection = FleetSection()
+    gateway: GatewaySection = GatewaySection()
+    backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
+    models: dict[str, ModelAlias] = Field(default_factory=_default_models)
+    agents: dict[str, AgentConfig] = Field(default_factory=_default_agents)
+
+    @property
+    def tasks_dir(self) -> Path:
+        """Absolute path of the folder users drop task files into."""
+        return self.root / self.fleet.tasks_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """Absolute path of the coordinator's own state folder."""
+        return self.root / self.fleet.state_dir
+
+    @property
+    def config_path(self) -> Path:
+        """Where fleet.toml is (or would be)."""
+        return self.root / CONFIG_NAME
+
+
+def resolve_root(root: str | Path | None) -> Path:
+    """The fleet root: ``-C``, else ``$COORDINATOR_ROOT``, else the current folder."""
+    chosen = root if root is not None else os.environ.get(ROOT_ENV) or "."
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"fleet root {str(path)!r} is not a folder; pass -C DIR with an existing folder")
+    return path.resolve()
+
+
+def load_config(root: str | Path | None = None) -> FleetConfig:
+    """Read ``fleet.toml`` under the fleet root (all defaults when it is missing)."""
+    base = resolve_root(root)
+    path = base / CONFIG_NAME
+    if not path.exists():
+        return FleetConfig(root=base)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError("file is not UTF-8 text; save it as UTF-8", path=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(toml_error_reason(exc), path=path, line=toml_error_line(exc)) from exc
+    if "root" in data:
+        raise ConfigError("unknown top-level key; remove it", path=path, key="root")
+    try:
+        config = FleetConfig(root=base, **data)
+    except ValidationError as exc:
+        key, msg = first_error(exc)
+        raise ConfigError(msg, path=path, key=key, line=key_line(text, key)) from exc
+    _check_references(config, path)
+    return config
+
+
+def _check_references(config: FleetConfig, path: Path) -> None:
+    """Names that point at other tables must exist."""
+    if config.fleet.default_agent not in config.agents:
+        raise ConfigError(f"agent {config.fleet.default_agent!r} is not defined; add [agents.{config.fleet.default_agent}]",
+                          path=path, key="fleet.default_agent")
+    for name, alias in config.models.items():
+        if alias.backend not in config.backends:
+            raise ConfigError(f"backend {alias.backend!r} is not defined; add [backends.{alias.backend}]",
+                              path=path, key=f"models.{name}.backend")
+    for name, backend in config.backends.items():
+        for other in backend.fallback:
+            if other not in config.backends:
+                raise ConfigError(f"fallback backend {other!r} is not defined", path=path,
+                                  key=f"backends.{name}.fallback")
+    for name, agent in config.agents.items():
+        if agent.kind == "command" and not agent.command:
+            raise ConfigError("a command agent needs command = [\"program\", \"arg\", ...]",
+                              path=path, key=f"agents.{name}.command")

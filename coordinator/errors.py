@@ -1,0 +1,114 @@
+"""The whole exception tree of coordinator.
+
+::
+
+    CoordinatorError
+    ├── ConfigError(path, key)          bad fleet.toml or task file
+    ├── TaskError(task_id)              unknown id, invalid state change
+    ├── ClaimLostError(task, epoch)     fencing: someone else holds the task now
+    ├── BudgetError(scope, limit)       a task or the fleet is past its budget
+    └── BackendError(backend)
+        ├── RetryableError(retry_after_s)
+        ├── FatalBackendError(status)
+        └── CircuitOpenError(until)
+
+Foreign exceptions (SDKs, OS, TOML) are translated once, at the boundary that
+meets them (``raise X(msg) from exc``). ``cli.py`` catches ``CoordinatorError``
+once, prints ``str(err)`` on one line and exits with ``err.exit_code``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CoordinatorError(Exception):
+    """Base of every error coordinator raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(CoordinatorError):
+    """A fleet.toml or task file is wrong; the message names the file, key and fix."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: Path | str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        self.key = key
+        self.line = line
+        self.reason = message
+        where = self.path or ""
+        if where and line:
+            where += f":{line}"
+        prefix = f"{where}: " if where else ""
+        field = f"{key}: " if key else ""
+        super().__init__(f"{prefix}{field}{message}")
+
+
+class TaskError(CoordinatorError):
+    """An unknown task id, or a state change the task's state does not allow."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class ClaimLostError(CoordinatorError):
+    """Fencing: the caller's claim on ``task`` is gone or was superseded."""
+
+    def __init__(self, task: str, epoch: int, reason: str = "") -> None:
+        self.task = task
+        self.epoch = epoch
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"claim on task {task!r} at epoch {epoch} was lost{detail}")
+
+
+class BudgetError(CoordinatorError):
+    """A task or the fleet has spent its budget."""
+
+    def __init__(self, message: str, *, scope: str, limit: float) -> None:
+        self.scope = scope
+        self.limit = limit
+        super().__init__(message)
+
+
+class BackendError(CoordinatorError):
+    """An inference backend failed; ``backend`` names it."""
+
+    def __init__(self, message: str, *, backend: str = "") -> None:
+        self.backend = backend
+        super().__init__(message)
+
+
+class RetryableError(BackendError):
+    """A failure worth retrying (429, 5xx, 529, connection errors, timeouts)."""
+
+    def __init__(self, message: str, *, backend: str = "", retry_after_s: float | None = None,
+                 status: int | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        self.status = status
+        super().__init__(message, backend=backend)
+
+
+class FatalBackendError(BackendError):
+    """A failure that retrying cannot fix (400, 401, 404, ...)."""
+
+    def __init__(self, message: str, *, backend: str = "", status: int = 500,
+                 body: bytes | None = None) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(message, backend=backend)
+
+
+class CircuitOpenError(BackendError):
+    """The backend's circuit breaker is open until ``until`` (monotonic seconds)."""
+
+    def __init__(self, message: str, *, backend: str = "", until: float = 0.0,
+                 retry_after_s: float = 1.0) -> None:
+        self.until = until
+        self.retry_after_s = retry_after_s
+        super().__init__(message, backend=backend)
