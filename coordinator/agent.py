@@ -1,0 +1,247 @@
+"""The agent process: claim → run → record, renewing its lease while it works.
+
+Signals: SIGTERM stops at once (the runner is killed, the claim released
+uncounted, exit 0); SIGINT stops claiming and gives the running task
+``grace_s`` before doing the same; SIGUSR1 asks for an immediate claim check
+(``coordinator cancel`` sends it so a cancelled task stops without waiting for
+the next heartbeat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .claims import ClaimBook, Holder
+from .config import FleetConfig
+from .errors import ClaimLostError
+from .gateway_client import read_gateway
+from .paths import confine
+from .queue import QueueView
+from .runners import RunContext, RunResult, get_runner
+from .store import Claim, FileStore
+from .tasks import Task
+
+IDLE_POLL_S = 0.2
+REAP_EVERY_S = 0.25
+
+
+class Agent:
+    """One agent process's loop and its shutdown state."""
+
+    def __init__(self, config: FleetConfig, agent_id: str, *, env: Mapping[str, str],
+                 until_empty: bool = False, agent_override: str | None = None) -> None:
+        self.config = config
+        self.agent_id = agent_id
+        self.env = env
+        self.until_empty = until_empty
+        self.agent_override = agent_override
+        self.store = FileStore(config.state_dir)
+        self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
+        self.view = QueueView(config, self.store)
+        self.holder = Holder.current(agent_id)
+        self.stop_now = False
+        self.grace_until: float | None = None
+        self.lost: str | None = None
+        self.wake = threading.Event()
+        self.counts = {"done": 0, "failed": 0}
+        self.current: tuple[Task, Claim] | None = None
+        self.started_at = time.time()
+        self._reaped_at = float("-inf")
+        self.claim_ms = 0.0
+        self.child_pid: int | None = None
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (or, with ``until_empty``, until nothing is left)."""
+        self._install_signals()
+        self._full_resync()
+        self.store.append_event("agent_started", agent=self.agent_id, pid=self.holder.pid)
+        self.publish("idle")
+        while not self.is_stopping():
+            picked = self.claim_next()
+            if picked is None:
+                if self.until_empty and self._is_queue_drained():
+                    break
+                self.publish("idle")
+                self.wake.wait(IDLE_POLL_S)
+                self.wake.clear()
+                continue
+            self.work(*picked)
+        self.publish("stopped")
+        self.store.append_event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
+        return 0
+
+    def claim_next(self) -> tuple[Task, Claim] | None:
+        """Under the queue lock: reap stale claims, catch up, claim the best ready task."""
+        started = time.perf_counter()
+        with self.store.lock():
+            self._maybe_reap()
+            self.view.catch_up()
+            while (task := self.view.pop_ready()) is not None:
+                claim = self.book.try_claim(task.id, task.max_attempts, self.holder)
+                if claim is not None:
+                    self.claim_ms = (time.perf_counter() - started) * 1000
+                    return task, claim
+        return None
+
+    def work(self, task: Task, claim: Claim) -> None:
+        """Run one claimed task with a live heartbeat, then record the outcome (fenced)."""
+        self.current, self.lost, self.child_pid = (task, claim), None, None
+        self.publish("running")
+        beat = threading.Thread(target=self._heartbeat, args=(claim,), daemon=True)
+        beat.start()
+        try:
+            result = self._run(task, claim)
+        finally:
+            self.current = None
+            self.wake.set()
+            beat.join()
+            self.wake.clear()
+        self._record(task, claim, result)
+
+    # -- pieces ---------------------------------------------------------------
+
+    def _run(self, task: Task, claim: Claim) -> RunResult:
+        """Build the context and call the task's runner; user errors become failures."""
+        agent_name = task.agent or self.agent_override or self.config.fleet.default_agent
+        agent = self.config.agents.get(agent_name)
+        if agent is None:
+            return RunResult(False, f"agent {agent_name!r} is not defined in fleet.toml")
+        run_dir = self.store.run_dir(task.id, claim.attempt)
+        try:
+            workdir = confine(self.config.root, task.workdir or ".", what="workdir")
+        except Exception as exc:  # confine raises ConfigError; the task fails, the agent goes on
+            return RunResult(False, str(exc))
+        gateway = read_gateway(self.config)
+        ctx = RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
+                         config=self.config, attempt=claim.attempt, run_dir=run_dir, workdir=workdir,
+                         env=self.env, should_stop=self._should_stop, on_spawn=self._on_spawn,
+                         gateway_url=gateway.url if gateway else None,
+                         gateway_token=gateway.task_token(task, self.agent_id) if gateway else None)
+        result = get_runner(agent.kind)(ctx)
+        if gateway is not None:
+            result.usage = gateway.task_usage(task.id) or result.usage
+        return result
+
+    def _record(self, task: Task, claim: Claim, result: RunResult) -> None:
+        """Write the outcome; a lost claim is refused by fencing and logged."""
+        try:
+            if self.lost is None and self._shutdown_reason() is not None:
+                self.book.release(claim, reason="agent stopping")
+                return
+            state = "done" if result.ok else "failed"
+            record = self.book.finish(claim, state, error=result.error, usage=result.usage,
+                                      max_attempts=task.max_attempts,
+                                      extra={"file_hash": task_hash(task),
+                                             "claim_ms": round(self.claim_ms, 3)})
+            self.counts["done" if record.state == "done" else "failed"] += 1
+        except ClaimLostError as exc:
+            log(f"{self.agent_id}: {exc}; the result of this attempt is discarded")
+
+    def _heartbeat(self, claim: Claim) -> None:
+        """Renew the lease every heartbeat_s; on loss, flag it so the runner is stopped."""
+        while self.current is not None:
+            self.wake.wait(self.config.fleet.heartbeat_s)
+            if self.current is None:
+                return
+            self.wake.clear()
+            try:
+                self.book.renew(claim, child_pid=self.child_pid)
+            except ClaimLostError as exc:
+                self.lost = exc.args[0]
+                return
+            self.publish("running")
+
+    def _should_stop(self) -> str | None:
+        if self.lost:
+            return self.lost
+        return self._shutdown_reason()
+
+    def _shutdown_reason(self) -> str | None:
+        if self.stop_now:
+            return "agent stopping (SIGTERM)"
+        if self.grace_until is not None and time.monotonic() >= self.grace_until:
+            return "grace period over"
+        return None
+
+    def is_stopping(self) -> bool:
+        """Whether a signal asked this agent to stop claiming."""
+        return self.stop_now or self.grace_until is not None
+
+    def _maybe_reap(self) -> None:
+        now = time.monotonic()
+        if now - self._reaped_at < REAP_EVERY_S:
+            return
+        self._reaped_at = now
+        tasks = self.view.taskset.tasks
+        self.book.reap_stale(lambda tid: tasks[tid].max_attempts if tid in tasks else 1)
+
+    def _on_spawn(self, pid: int) -> None:
+        self.child_pid = pid
+        self.wake.set()  # the heartbeat writes the pid into the claim right away
+
+    def _full_resync(self) -> None:
+        """Reap, rebuild the view, and put back running records that lost their claim."""
+        with self.store.lock():
+            self._reaped_at = float("-inf")
+            self._maybe_reap()
+            self.view.resync()
+            running = [tid for tid, state in self.view.states.items() if state == "running"]
+            self.book.recover_unclaimed(running)
+            self.view.catch_up()
+
+    def _is_queue_drained(self) -> bool:
+        """Nothing ready and nothing running anywhere, after a full resync."""
+        self._full_resync()
+        counts = self.view.counts()
+        return counts.ready == 0 and counts.running == 0
+
+    def publish(self, state: str) -> None:
+        """Write this agent's heartbeat file (DESIGN §2: agents/<agent>.json)."""
+        current = self.current
+        status: dict[str, Any] = {
+            "id": self.agent_id, "pid": self.holder.pid, "pid_started_at": self.holder.pid_started_at,
+            "host": self.holder.host, "state": state, "task": current[0].id if current else None,
+            "task_started_at": current[1].claimed_at if current else None, "heartbeat_at": time.time(),
+            "started_at": self.started_at, **self.counts}
+        self.store.write_agent(self.agent_id, status)
+
+    def _install_signals(self) -> None:
+        def on_term(signum: int, frame: Any) -> None:
+            self.stop_now = True
+            self.wake.set()
+
+        def on_int(signum: int, frame: Any) -> None:
+            if self.grace_until is None:
+                self.grace_until = time.monotonic() + self.config.fleet.grace_s
+            else:
+                self.stop_now = True  # a second Ctrl-C: stop now
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.wake.set())
+
+
+def task_hash(task: Task) -> str:
+    """A short hash of the task's definition, stored with each attempt."""
+    return hashlib.sha256(task.model_dump_json().encode()).hexdigest()[:16]
+
+
+def log(message: str) -> None:
+    """One line on stderr (the supervisor keeps each agent's stderr in a log file)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def default_agent_id() -> str:
+    """``agent-<pid>`` for an agent started by hand."""
+    return f"agent-{os.getpid()}"
+

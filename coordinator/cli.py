@@ -1,0 +1,196 @@
+"""The ``coordinator`` command line: thin Typer commands that parse, call the core, render.
+
+Heavy modules (the gateway, SDKs, rich tables) are imported inside the commands
+that use them, so ``coordinator --help`` and ``status`` start fast. Every
+``CoordinatorError`` is caught once, in ``main``, and printed as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import CoordinatorError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Run a fleet of LLM agents over a queue of TOML tasks, through one shared gateway.")
+
+RootOpt = Annotated[Path | None, typer.Option("-C", "--root", help="Fleet root (folder of fleet.toml). "
+                                              "Default: $COORDINATOR_ROOT, else the current folder.",
+                                              show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output with stable keys.")]
+
+
+class Context:
+    """Per-invocation options shared by every command."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def config(self):  # noqa: ANN201  (FleetConfig; imported lazily)
+        """The fleet config, parsed once."""
+        from .config import load_config  # noqa: PLC0415
+
+        return load_config(self.root)
+
+
+@app.callback()
+def _main(ctx: typer.Context, root: RootOpt = None) -> None:
+    ctx.obj = Context(root)
+
+
+def _ctx(ctx: typer.Context, root: Path | None) -> Context:
+    """A command-level ``-C`` overrides the global one."""
+    return Context(root) if root is not None else ctx.obj
+
+
+def print_json(data: Any) -> None:
+    """Stable JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@app.command()
+def validate(ctx: typer.Context, paths: Annotated[list[Path] | None, typer.Argument(
+        help="Task files or folders to check. Default: the whole tasks folder.")] = None,
+        as_json: JsonOpt = False, root: RootOpt = None) -> None:
+    """Check task files; exit 2 if any is invalid, naming file, line, field and fix."""
+    from .tasks import load_paths, load_tasks  # noqa: PLC0415
+
+    config = _ctx(ctx, root).config()
+    taskset = load_paths(config, [p.resolve() for p in paths]) if paths else load_tasks(config)
+    if as_json:
+        print_json({"valid": len(taskset.tasks),
+                    "invalid": [{"path": i.path, "line": i.line, "field": i.field, "error": i.error}
+                                for i in taskset.invalid],
+                    "blocked": [{"id": k, "reason": v} for k, v in taskset.blocked.items()]})
+    else:
+        for bad in taskset.invalid:
+            typer.echo(f"invalid: {bad.error}")
+        for task_id, reason in taskset.blocked.items():
+            typer.echo(f"blocked: {task_id}: {reason}")
+        typer.echo(f"{len(taskset.tasks)} valid task(s), {len(taskset.invalid)} invalid")
+    raise typer.Exit(2 if taskset.invalid else 0)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of a task file (for editors)."""
+    from .tasks import task_json_schema  # noqa: PLC0415
+
+    print_json(task_json_schema())
+
+
+@app.command()
+def add(ctx: typer.Context, prompt: Annotated[str, typer.Argument(help="What the task should do.")],
+        task_id: Annotated[str | None, typer.Option("--id", help="Task id (default: from the prompt).")] = None,
+        priority: Annotated[str, typer.Option(help="critical, high, normal, low, or a number (lower first).")]
+        = "normal",
+        depends_on: Annotated[list[str] | None, typer.Option("--depends-on", help="Id this task waits for "
+                                                                 "(repeat for several).")] = None,
+        agent: Annotated[str | None, typer.Option(help="An [agents.NAME] from fleet.toml.")] = None,
+        root: RootOpt = None) -> None:
+    """Write a new task file into tasks/ (atomically; never overwrites)."""
+    from .control import add_task, parse_priority  # noqa: PLC0415
+
+    config = _ctx(ctx, root).config()
+    path = add_task(config, prompt, task_id=task_id, priority=parse_priority(priority),
+                    depends_on=depends_on, agent=agent)
+    typer.echo(f"added {path.stem} ({path.relative_to(config.root)})")
+
+
+@app.command()
+def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
+        help="Only tasks in this state: pending, blocked, running, done, failed, cancelled.")] = None,
+        as_json: JsonOpt = False, root: RootOpt = None) -> None:
+    """List tasks in priority order with their state."""
+    from .report import STATES, snapshot  # noqa: PLC0415
+
+    if state is not None and state not in STATES:
+        raise typer.BadParameter(f"{state!r} is not one of {', '.join(STATES)}", param_hint="--state")
+    rows = [r for r in snapshot(_ctx(ctx, root).config()).rows if state is None or r.state == state]
+    if as_json:
+        print_json([r.to_json() for r in rows])
+        return
+    from .render import task_table  # noqa: PLC0415
+
+    task_table(rows)
+
+
+@app.command()
+def show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOpt = False,
+         root: RootOpt = None) -> None:
+    """Show one task: its definition, state, attempts and last error."""
+    from .render import task_detail, task_detail_json  # noqa: PLC0415
+
+    data = task_detail_json(_ctx(ctx, root).config(), task_id)
+    if as_json:
+        print_json(data)
+    else:
+        task_detail(data)
+
+
+@app.command()
+def retry(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
+          root: RootOpt = None) -> None:
+    """Re-queue a failed, done or cancelled task with fresh attempts."""
+    from .control import retry_task  # noqa: PLC0415
+
+    retry_task(_ctx(ctx, root).config(), task_id)
+    typer.echo(f"{task_id}: pending")
+
+
+@app.command()
+def cancel(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
+           root: RootOpt = None) -> None:
+    """Cancel a task; a running one is stopped and its process killed."""
+    from .control import cancel_task  # noqa: PLC0415
+
+    cancel_task(_ctx(ctx, root).config(), task_id)
+    typer.echo(f"{task_id}: cancelled")
+
+
+@app.command()
+def agent(ctx: typer.Context,
+          agent_id: Annotated[str | None, typer.Option("--id", help="Agent id (default: agent-<pid>).")] = None,
+          until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when nothing is left to run.")]
+          = False,
+          agent_name: Annotated[str | None, typer.Option("--agent", help="Run tasks that name no agent with "
+                                                         "this [agents.NAME] instead of the default.")] = None,
+          root: RootOpt = None) -> None:
+    """Run one agent process: claim tasks, run them, record the outcome."""
+    from .agent import Agent, default_agent_id  # noqa: PLC0415
+    from .errors import ConfigError  # noqa: PLC0415
+
+    config = _ctx(ctx, root).config()
+    if agent_name is not None and agent_name not in config.agents:
+        raise ConfigError(f"agent {agent_name!r} is not defined; add [agents.{agent_name}] to fleet.toml",
+                          key="--agent")
+    worker = Agent(config, agent_id or default_agent_id(), env=dict(os.environ), until_empty=until_empty,
+                   agent_override=agent_name)
+    raise typer.Exit(worker.run())
+
+
+@app.command()
+def gateway(ctx: typer.Context, port: Annotated[int | None, typer.Option(
+        help="Port on 127.0.0.1 (default: [gateway].port, 0 = any free port).")] = None,
+        root: RootOpt = None) -> None:
+    """Serve the shared inference gateway until Ctrl-C; writes .coordinator/gateway.json."""
+    from .gateway.server import serve_forever  # noqa: PLC0415
+
+    serve_forever(_ctx(ctx, root).config(), dict(os.environ), port=port)
+
+
+def main() -> None:
+    """Console-script entry point: one line and exit 1 or 2 for every coordinator error."""
+    try:
+        app()
+    except CoordinatorError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

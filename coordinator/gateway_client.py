@@ -1,0 +1,68 @@
+"""What agents and ``status`` know of the running gateway, from ``gateway.json``.
+
+Standard library only: an agent that runs commands must stay small (no HTTP
+client stack imported), and ``status`` must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from .config import FleetConfig
+from .store import read_json
+
+STATS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    """The running gateway's address and fleet token."""
+
+    url: str
+    pid: int
+    token: str
+
+    def task_token(self, task: Any, agent_id: str) -> str:
+        """A token naming ``task`` (with its priority and budget) for one attempt."""
+        from .gateway.tokens import task_token  # noqa: PLC0415  (hmac only, but keep agents lean)
+
+        return task_token(self.token, task.id, agent=agent_id, priority=task.priority,
+                          max_usd=task.max_usd, max_tokens=task.max_tokens_budget)
+
+    def get_json(self, path: str) -> dict[str, Any] | None:
+        """GET a gateway JSON endpoint with the fleet token; None when unreachable."""
+        request = urllib.request.Request(self.url + path, headers={"x-api-key": self.token})
+        try:
+            with urllib.request.urlopen(request, timeout=STATS_TIMEOUT_S) as response:
+                data = json.loads(response.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def task_usage(self, task_id: str) -> dict[str, Any] | None:
+        """The gateway's accounting for one task, summed over its attempts."""
+        return self.get_json(f"/v1/coordinator/usage/{task_id}")
+
+    def stats(self) -> dict[str, Any] | None:
+        """The gateway's fleet-wide counters."""
+        return self.get_json("/v1/coordinator/stats")
+
+
+def read_gateway(config: FleetConfig) -> GatewayInfo | None:
+    """The gateway named in ``gateway.json`` if its process is still alive."""
+    data = read_json(config.state_dir / "gateway.json")
+    if not isinstance(data, dict):
+        return None
+    try:
+        info = GatewayInfo(url=str(data["url"]), pid=int(data["pid"]), token=str(data["token"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not psutil.pid_exists(info.pid):
+        return None
+    return info

@@ -1,0 +1,143 @@
+"""Each agent's in-memory view of the queue, so a claim costs O(log n).
+
+The view is a heap of ready tasks (pending, every dependency done) ordered by
+``Task.sort_key``. It is built once from the task files and the records, then
+kept current from the append-only event feed: a claim reads only the events
+written since the last one, instead of every record. The heap is only a hint:
+``ClaimBook.try_claim`` re-checks the record and claim file under the lock, so a
+stale view can cost a skipped entry, never a double claim. A full resync runs
+before the agent concludes the queue is empty, and whenever the task files change.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .config import FleetConfig
+from .store import Record, Store
+from .tasks import Task, TaskIndex, TaskSet
+
+TERMINAL = frozenset({"done", "failed", "cancelled"})
+# Event kinds that move a task to a known state; others (fenced, ...) change none.
+EVENT_STATES = {"claimed": "running", "done": "done", "failed": "failed", "retrying": "pending",
+                "released": "pending", "cancelled": "cancelled", "retried": "pending"}
+RESCAN_EVERY_S = 2.0
+
+
+@dataclass
+class QueueCounts:
+    """How many tasks are ready to claim, running, or waiting on dependencies."""
+
+    ready: int
+    running: int
+    waiting: int
+
+
+class QueueView:
+    """Ready tasks in priority order, kept in step with the store's event feed."""
+
+    def __init__(self, config: FleetConfig, store: Store, *, clock=time.monotonic) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.index = TaskIndex(config)
+        self.taskset: TaskSet = TaskSet(tasks={}, invalid=[], blocked={}, dependents={})
+        self.states: dict[str, str] = {}
+        self.heap: list[tuple[tuple, str]] = []
+        self.offset = 0
+        self._scanned_at = float("-inf")
+
+    def resync(self, records: Iterable[Record] | None = None) -> None:
+        """Rebuild the whole view from task files and records (O(n)); pass records already read."""
+        # Take the feed's end before reading records: a change made in between is
+        # then both in the records and replayed from the feed, which is harmless.
+        self.offset = self.store.event_offset()
+        self.taskset = self.index.refresh()
+        self._scanned_at = self.clock()
+        records = self.store.iter_records() if records is None else records
+        self.states = {r.id: r.state for r in records}
+        self.heap = [(task.sort_key(), task.id) for task in self.taskset.tasks.values() if self.is_ready(task.id)]
+        heapq.heapify(self.heap)
+
+    def catch_up(self) -> None:
+        """Apply events written since the last call; rescan task files now and then."""
+        if self.clock() - self._scanned_at >= RESCAN_EVERY_S:
+            before = set(self.taskset.tasks)
+            self.taskset = self.index.refresh()
+            self._scanned_at = self.clock()
+            for task_id in self.taskset.tasks.keys() - before:
+                self._push_if_ready(task_id)
+        events, self.offset = self.store.read_events(self.offset)
+        for event in events:
+            state = EVENT_STATES.get(event.get("event", ""))
+            task_id = event.get("task")
+            if state is None or not task_id:
+                continue
+            if event["event"] == "reclaimed":
+                state = event.get("state", "pending")
+            self.states[task_id] = state
+            self._push_if_ready(task_id)
+            if state == "done":
+                for child in self.taskset.dependents.get(task_id, ()):
+                    self._push_if_ready(child)
+
+    def pop_ready(self) -> Task | None:
+        """The best ready task by local knowledge, removed from the heap."""
+        while self.heap:
+            _, task_id = heapq.heappop(self.heap)
+            if self.is_ready(task_id):
+                return self.taskset.tasks[task_id]
+        return None
+
+    def is_ready(self, task_id: str) -> bool:
+        """Pending, valid, and every dependency done."""
+        task = self.taskset.tasks.get(task_id)
+        if task is None or task_id in self.taskset.blocked:
+            return False
+        if self.states.get(task_id, "pending") != "pending":
+            return False
+        return all(self.states.get(dep) == "done" for dep in task.depends_on)
+
+    def blocked_reason(self, task_id: str) -> str | None:
+        """Why a pending task can never run (unknown, invalid or failed dependency), if so."""
+        if task_id in self.taskset.blocked:
+            return self.taskset.blocked[task_id]
+        return self._blocked_by_deps(task_id, set())
+
+    def counts(self) -> QueueCounts:
+        """Ready / running / waiting totals over the valid tasks (O(n), for idle checks)."""
+        ready = running = waiting = 0
+        for task_id in self.taskset.tasks:
+            state = self.states.get(task_id, "pending")
+            if state == "running":
+                running += 1
+            elif state == "pending" and self.blocked_reason(task_id) is None:
+                if self.is_ready(task_id):
+                    ready += 1
+                else:
+                    waiting += 1
+        return QueueCounts(ready=ready, running=running, waiting=waiting)
+
+    def _blocked_by_deps(self, task_id: str, seen: set[str]) -> str | None:
+        task = self.taskset.tasks.get(task_id)
+        if task is None or task_id in seen:
+            return None
+        seen.add(task_id)
+        for dep in task.depends_on:
+            if dep in self.taskset.blocked:
+                return f"dependency {dep!r} is blocked"
+            if dep not in self.taskset.tasks:
+                return f"dependency {dep!r} is not a valid task"
+            state = self.states.get(dep, "pending")
+            if state in ("failed", "cancelled"):
+                return f"dependency {dep!r} {state}"
+            if self._blocked_by_deps(dep, seen):
+                return f"dependency {dep!r} is blocked"
+        return None
+
+    def _push_if_ready(self, task_id: str) -> None:
+        if self.is_ready(task_id):
+            heapq.heappush(self.heap, (self.taskset.tasks[task_id].sort_key(), task_id))

@@ -1,0 +1,75 @@
+"""What an agent does with a claimed task: the ``llm`` or the ``command`` runner.
+
+Both take a ``RunContext`` and return a ``RunResult``; the agent owns claiming,
+heartbeats and recording, the runner only the work. Runner modules are imported
+on first use, so an agent that runs commands never imports an HTTP client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import AgentConfig, FleetConfig
+from ..tasks import Task
+from .process import run_process
+
+
+@dataclass
+class RunContext:
+    """Everything a runner needs for one attempt of one task."""
+
+    task: Task
+    agent_id: str
+    agent_name: str
+    agent: AgentConfig
+    config: FleetConfig
+    attempt: int
+    run_dir: Path
+    workdir: Path
+    env: Mapping[str, str]
+    should_stop: Callable[[], str | None]
+    gateway_url: str | None = None
+    gateway_token: str | None = None  # this task's own token, never the fleet token
+    on_spawn: Callable[[int], None] | None = None  # told each child pid, so a takeover can kill it
+
+    @property
+    def timeout_s(self) -> float:
+        """The task's timeout, else its agent's."""
+        return self.task.timeout_s if self.task.timeout_s is not None else self.agent.timeout_s
+
+
+@dataclass
+class RunResult:
+    """An attempt's outcome: ok, or the one-line reason it failed, plus usage."""
+
+    ok: bool
+    error: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    """Runs one attempt."""
+
+    def __call__(self, ctx: RunContext) -> RunResult: ...
+
+
+def get_runner(kind: str) -> Runner:
+    """The runner function for an agent ``kind`` ("llm" or "command")."""
+    module = importlib.import_module(f".{kind}", __name__)
+    return module.run
+
+
+def check_acceptance(ctx: RunContext, remaining_s: float) -> str | None:
+    """Run the task's ``acceptance`` argv in its workdir; None when it passes."""
+    if not ctx.task.acceptance:
+        return None
+    log = ctx.run_dir / "acceptance.log"
+    result = run_process(ctx.task.acceptance, cwd=ctx.workdir, env=ctx.env, stdout=log, stderr=log,
+                         timeout_s=max(remaining_s, 1.0), should_stop=ctx.should_stop, on_spawn=ctx.on_spawn)
+    if result.ok:
+        return None
+    return f"acceptance {ctx.task.acceptance[0]!r} {result.describe()} (see {log.name})"

@@ -1,0 +1,63 @@
+"""The ``command`` runner: any agent CLI (``claude -p``, a script) as an argv.
+
+Placeholders ``{prompt}``, ``{prompt_file}``, ``{task_id}``, ``{workdir}`` and
+``{output_file}`` are substituted inside argv elements; the argv runs directly,
+never through a shell, so task text can never become shell syntax.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from . import RunContext, RunResult, check_acceptance
+from .process import run_process
+
+GATEWAY_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY")
+
+
+def build_argv(ctx: RunContext) -> list[str]:
+    """The agent's command with this task's placeholders filled in."""
+    prompt = ctx.task.rendered_prompt()
+    prompt_file = ctx.run_dir / "prompt.md"
+    prompt_file.write_text(prompt, encoding="utf-8")
+    values = {"{prompt}": prompt, "{prompt_file}": str(prompt_file), "{task_id}": ctx.task.id,
+              "{workdir}": str(ctx.workdir), "{output_file}": str(ctx.run_dir / "output.md")}
+    argv = []
+    for arg in ctx.agent.command:
+        for placeholder, value in values.items():
+            if placeholder in arg:
+                arg = arg.replace(placeholder, value)
+        argv.append(arg)
+    return argv
+
+
+def build_env(ctx: RunContext) -> dict[str, str]:
+    """The child's environment: every SDK pointed at the gateway with this task's token."""
+    env = dict(ctx.env)
+    env.update(ctx.agent.env)
+    env.update({"COORDINATOR_TASK_ID": ctx.task.id, "COORDINATOR_ATTEMPT": str(ctx.attempt),
+                "COORDINATOR_RUN_DIR": str(ctx.run_dir)})
+    if ctx.gateway_url and ctx.gateway_token:
+        env["ANTHROPIC_BASE_URL"] = ctx.gateway_url
+        env["OPENAI_BASE_URL"] = ctx.gateway_url + "/v1"
+        env["ANTHROPIC_API_KEY"] = ctx.gateway_token
+        env["OPENAI_API_KEY"] = ctx.gateway_token
+    return env
+
+
+def run(ctx: RunContext) -> RunResult:
+    """Run the command, then its acceptance check; output.md falls back to stdout."""
+    started = time.monotonic()
+    stdout, stderr = ctx.run_dir / "stdout.log", ctx.run_dir / "stderr.log"
+    env = build_env(ctx)
+    result = run_process(build_argv(ctx), cwd=ctx.workdir, env=env, stdout=stdout, stderr=stderr,
+                         timeout_s=ctx.timeout_s, should_stop=ctx.should_stop, on_spawn=ctx.on_spawn)
+    output = ctx.run_dir / "output.md"
+    if not output.exists() and stdout.exists():
+        shutil.copyfile(stdout, output)
+    if not result.ok:
+        return RunResult(False, f"command {result.describe()}")
+    remaining = ctx.timeout_s - (time.monotonic() - started)
+    error = check_acceptance(ctx, remaining)
+    return RunResult(error is None, error)

@@ -1,0 +1,92 @@
+"""Run one argv as a child process: never a shell, output streamed to files.
+
+The child gets its own session (process group), so a timeout, a cancel or a lost
+claim kills everything it started, and a Ctrl-C at the terminal reaches only the
+coordinator, which decides. stdout and stderr go straight to files, so a child
+printing gigabytes cannot deadlock on a full pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+POLL_S = 0.05
+KILL_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a child ended: its exit code, or why it was stopped."""
+
+    returncode: int | None
+    timed_out: bool = False
+    stopped: str | None = None  # the reason should_stop gave, when it stopped the child
+    error: str | None = None  # the program could not be started
+
+    @property
+    def ok(self) -> bool:
+        """Exited 0 on its own."""
+        return self.returncode == 0 and not self.timed_out and self.stopped is None and self.error is None
+
+    def describe(self) -> str:
+        """One line saying how the process ended."""
+        if self.error:
+            return self.error
+        if self.timed_out:
+            return "timed out"
+        if self.stopped:
+            return f"stopped: {self.stopped}"
+        return f"exited with code {self.returncode}"
+
+
+def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path,
+                timeout_s: float, should_stop: Callable[[], str | None] = lambda: None,
+                on_spawn: Callable[[int], None] | None = None) -> ProcessResult:
+    """Run ``argv`` to completion, a timeout, or until ``should_stop`` returns a reason."""
+    with open(stdout, "ab") as out, open(stderr, "ab") as err:
+        try:
+            proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            return ProcessResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        if on_spawn is not None:
+            on_spawn(proc.pid)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                code = proc.wait(timeout=POLL_S)
+                return ProcessResult(code)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() >= deadline:
+                kill_group(proc)
+                return ProcessResult(proc.returncode, timed_out=True)
+            reason = should_stop()
+            if reason:
+                kill_group(proc)
+                return ProcessResult(proc.returncode, stopped=reason)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the child's whole process group, then SIGKILL what is left."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # The leader is gone; members that ignored SIGTERM still share its group id.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
