@@ -50,3 +50,4 @@ def subprocess_env(**extra: str) -> dict[str, str]:
            if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "COORDINATOR_ROOT")}
     env.update(extra)
     return env
+from tests.fake_upstream import fake_upstream  # noqa: F401  (fixture)
