@@ -20,7 +20,7 @@ from typing import Any
 
 from .claims import ClaimBook, Holder
 from .config import FleetConfig
-from .errors import ClaimLostError
+from .errors import ClaimLostError, CoordinatorError
 from .gateway_client import read_gateway
 from .paths import confine
 from .queue import QueueView
@@ -36,12 +36,14 @@ class Agent:
     """One agent process's loop and its shutdown state."""
 
     def __init__(self, config: FleetConfig, agent_id: str, *, env: Mapping[str, str],
-                 until_empty: bool = False, agent_override: str | None = None) -> None:
+                 until_empty: bool = False, agent_override: str | None = None,
+                 supervisor_pid: int | None = None) -> None:
         self.config = config
         self.agent_id = agent_id
         self.env = env
         self.until_empty = until_empty
         self.agent_override = agent_override
+        self.supervisor_pid = supervisor_pid
         self.store = FileStore(config.state_dir)
         self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
         self.view = QueueView(config, self.store)
@@ -118,7 +120,7 @@ class Agent:
         run_dir = self.store.run_dir(task.id, claim.attempt)
         try:
             workdir = confine(self.config.root, task.workdir or ".", what="workdir")
-        except Exception as exc:  # confine raises ConfigError; the task fails, the agent goes on
+        except CoordinatorError as exc:  # a workdir escaping the root fails the task, not the agent
             return RunResult(False, str(exc))
         gateway = read_gateway(self.config)
         ctx = RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
@@ -168,13 +170,16 @@ class Agent:
     def _shutdown_reason(self) -> str | None:
         if self.stop_now:
             return "agent stopping (SIGTERM)"
+        if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
+            self.stop_now = True  # our `coordinator run` died: release, don't work for a dead fleet
+            return "supervisor is gone"
         if self.grace_until is not None and time.monotonic() >= self.grace_until:
             return "grace period over"
         return None
 
     def is_stopping(self) -> bool:
-        """Whether a signal asked this agent to stop claiming."""
-        return self.stop_now or self.grace_until is not None
+        """Whether a signal (or the supervisor's death) asked this agent to stop claiming."""
+        return self._shutdown_reason() is not None or self.grace_until is not None
 
     def _maybe_reap(self) -> None:
         now = time.monotonic()
@@ -191,9 +196,9 @@ class Agent:
     def _full_resync(self) -> None:
         """Reap, rebuild the view, and put back running records that lost their claim."""
         with self.store.lock():
+            self.view.resync()  # first: reaping needs each task's max_attempts
             self._reaped_at = float("-inf")
             self._maybe_reap()
-            self.view.resync()
             running = [tid for tid, state in self.view.states.items() if state == "running"]
             self.book.recover_unclaimed(running)
             self.view.catch_up()

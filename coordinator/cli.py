@@ -161,6 +161,8 @@ def agent(ctx: typer.Context,
           = False,
           agent_name: Annotated[str | None, typer.Option("--agent", help="Run tasks that name no agent with "
                                                          "this [agents.NAME] instead of the default.")] = None,
+          supervisor: Annotated[int | None, typer.Option(hidden=True, help="Pid of the `coordinator run` "
+                                                         "that started this agent; stop if it dies.")] = None,
           root: RootOpt = None) -> None:
     """Run one agent process: claim tasks, run them, record the outcome."""
     from .agent import Agent, default_agent_id  # noqa: PLC0415
@@ -171,7 +173,7 @@ def agent(ctx: typer.Context,
         raise ConfigError(f"agent {agent_name!r} is not defined; add [agents.{agent_name}] to fleet.toml",
                           key="--agent")
     worker = Agent(config, agent_id or default_agent_id(), env=dict(os.environ), until_empty=until_empty,
-                   agent_override=agent_name)
+                   agent_override=agent_name, supervisor_pid=supervisor)
     raise typer.Exit(worker.run())
 
 
@@ -183,6 +185,84 @@ def gateway(ctx: typer.Context, port: Annotated[int | None, typer.Option(
     from .gateway.server import serve_forever  # noqa: PLC0415
 
     serve_forever(_ctx(ctx, root).config(), dict(os.environ), port=port)
+
+
+@app.command()
+def run(ctx: typer.Context,
+        agents: Annotated[int | None, typer.Option("-n", "--agents", min=1, max=256,
+                                                   help="Agent processes (default: [fleet].agents).")] = None,
+        until_empty: Annotated[bool | None, typer.Option("--until-empty/--watch", help="Exit when nothing is "
+                                                         "left to run, or keep watching tasks/ for new files. "
+                                                         "Default: --until-empty when stdin is not a terminal.",
+                                                         show_default=False)] = None,
+        agent_name: Annotated[str | None, typer.Option("--agent", help="Run tasks that name no agent with this "
+                                                       "[agents.NAME].")] = None,
+        no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Plain progress lines instead of "
+                                                   "the live view.")] = False,
+        root: RootOpt = None) -> None:
+    """Start the gateway and N agents; work through tasks/ (exit 0: all done, 1: some failed)."""
+    from .errors import ConfigError  # noqa: PLC0415
+    from .fleet import FleetOptions, run_fleet  # noqa: PLC0415
+
+    config = _ctx(ctx, root).config()
+    if agent_name is not None and agent_name not in config.agents:
+        raise ConfigError(f"agent {agent_name!r} is not defined; add [agents.{agent_name}] to fleet.toml",
+                          key="--agent")
+    options = FleetOptions(agents=agents or config.fleet.agents,
+                           until_empty=until_empty if until_empty is not None else not sys.stdin.isatty(),
+                           agent_override=agent_name, env=dict(os.environ))
+    raise typer.Exit(run_fleet(config, options, live=not no_dashboard and sys.stdout.isatty()))
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOpt = False,
+           watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C.")] = False,
+           check: Annotated[bool, typer.Option("--check", help="Exit 1 if the fleet is unhealthy (dead agents, "
+                                               "stale claims, invalid files, unreachable gateway).")] = False,
+           root: RootOpt = None) -> None:
+    """Fleet health: queue, agents, gateway savings, stale claims, invalid files."""
+    from .status import build_status, print_status, render_status  # noqa: PLC0415
+
+    config = _ctx(ctx, root).config()
+    if watch:
+        import time  # noqa: PLC0415
+
+        from rich.live import Live  # noqa: PLC0415
+
+        with Live(render_status(build_status(config)), refresh_per_second=2) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(render_status(build_status(config)))
+    report = build_status(config)
+    if as_json:
+        print_json(report)
+    else:
+        print_status(report)
+    raise typer.Exit(1 if check and not report["healthy"] else 0)
+
+
+@app.command()
+def logs(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
+         follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing while the task runs.")] = False,
+         stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr.log instead of stdout.log.")] = False,
+         attempt: Annotated[int | None, typer.Option(help="Which attempt (default: the latest).")] = None,
+         root: RootOpt = None) -> None:
+    """Print a task's output log (the streamed tokens, or a command's stdout)."""
+    from .logs import show_log  # noqa: PLC0415
+
+    show_log(_ctx(ctx, root).config(), task_id, follow=follow, stream="stderr" if stderr else "stdout",
+             attempt=attempt)
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet root.")] = Path("."),
+         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing fleet.toml.")] = False) -> None:
+    """Write a commented fleet.toml and three example tasks."""
+    from .scaffold import init_fleet  # noqa: PLC0415
+
+    for path in init_fleet(directory, force=force):
+        typer.echo(f"wrote {path}")
+    typer.echo(f"next: coordinator -C {directory} run")
 
 
 def main() -> None:

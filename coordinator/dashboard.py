@@ -1,0 +1,94 @@
+"""What ``coordinator run`` shows: a live rich view on a TTY, plain lines otherwise, a summary at the end.
+
+Every view is a pure function of a status dict (``status.build_status``) plus
+recent events, so tests render them into a fixed-width Console and compare text.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .status import agents_table, gateway_line, queue_line
+
+FINISHED = ("done", "failed", "cancelled")
+SHOWN_EVENTS = ("claimed", "done", "failed", "retrying", "reclaimed", "released", "fenced", "cancelled",
+                "agent_exited", "agent_spawned")
+
+
+def progress(counts: dict[str, int]) -> tuple[int, int]:
+    """(finished, total) over valid tasks."""
+    total = sum(v for k, v in counts.items() if k != "invalid")
+    return sum(counts.get(k, 0) for k in FINISHED), total
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One event as ``12:00:01 done t1 agent-2``."""
+    clock = datetime.fromtimestamp(event.get("ts", 0)).strftime("%H:%M:%S")
+    who = event.get("agent") or ""
+    detail = event.get("reason") or event.get("error") or ""
+    line = f"{clock} {event.get('event', '?'):<9} {event.get('task', '') or ''} {who}"
+    return f"{line} — {detail}" if detail else line
+
+
+def render_dashboard(status: dict[str, Any], events: list[dict[str, Any]], elapsed_s: float,
+                     tokens: dict[str, int] | None = None) -> RenderableType:
+    """The live view: progress, queue counts, agents, gateway, recent events."""
+    done, total = progress(status["tasks"])
+    header = Text(f"coordinator  {done}/{total} finished  running {status['tasks']['running']}  "
+                  f"{elapsed_s:.1f}s", style="bold")
+    recent = [e for e in events if e.get("event") in SHOWN_EVENTS][-8:]
+    event_text = Text("\n".join(event_line(e) for e in recent) or "(no events yet)", style="dim")
+    body = Group(header, ProgressBar(total=max(total, 1), completed=done, width=60), queue_line(status["tasks"]),
+                 Text(""), agents_table(status["agents"], tokens), Text(""), gateway_line(status["gateway"]),
+                 Text(""), Text("recent events", style="bold"), event_text)
+    return Panel(body, title="fleet", expand=True)
+
+
+def plain_line(status: dict[str, Any], elapsed_s: float) -> str:
+    """One progress line for logs and pipes (no TTY)."""
+    counts, gateway = status["tasks"], status["gateway"]
+    done, total = progress(counts)
+    return (f"[{elapsed_s:7.1f}s] {done}/{total} finished: done {counts['done']} failed {counts['failed']} "
+            f"running {counts['running']} pending {counts['pending']} blocked {counts['blocked']} "
+            f"invalid {counts['invalid']} | requests {gateway['requests']} upstream {gateway['upstream_calls']} "
+            f"saved ${gateway['usd_saved']:.4f}")
+
+
+def summary_table(status: dict[str, Any], elapsed_s: float) -> RenderableType:
+    """The end-of-run summary: counts, gateway savings, and what needs attention."""
+    counts, gateway = status["tasks"], status["gateway"]
+    table = Table(title=f"fleet summary ({elapsed_s:.1f}s)", show_header=False, box=None, pad_edge=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for state in ("done", "failed", "blocked", "invalid", "cancelled", "pending", "running"):
+        if counts.get(state) or state == "done":
+            table.add_row(state, str(counts[state]))
+    saved_calls = gateway["requests"] - gateway["upstream_calls"]
+    table.add_row("requests", f"{gateway['requests']} ({gateway['upstream_calls']} upstream, {saved_calls} "
+                              f"collapsed: {gateway['dedup_joined']} joined, {gateway['dedup_hits']} cache hits)")
+    table.add_row("tokens", f"{gateway['input_tokens']} in, {gateway['output_tokens']} out, "
+                            f"{gateway['cache_read_tokens']} cache read, {gateway['cache_write_tokens']} cache write")
+    table.add_row("cost", f"${gateway['usd']:.4f} (saved ${gateway['usd_saved']:.4f})")
+    parts: list[RenderableType] = [table]
+    for bad in status["invalid_files"]:
+        parts.append(Text(f"invalid: {bad['error']}", style="red"))
+    return Group(*parts)
+
+
+class Clock:
+    """Elapsed seconds since the fleet started."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since start."""
+        return time.monotonic() - self.started

@@ -1,0 +1,204 @@
+"""The supervisor behind ``coordinator run``: gateway, N agents, watch, restart, shut down.
+
+Agents are ``coordinator agent`` processes in their own sessions, so a Ctrl-C at
+the terminal reaches only the supervisor, which then shuts the fleet down in
+order: SIGINT to every agent (stop claiming, finish within ``grace_s``), SIGTERM
+after the grace period (release now), SIGKILL last, and finally any claim a
+killed agent still held is released uncounted. Agents watch the supervisor's
+pid and release their claims if it dies, so a ``kill -9`` of ``run`` leaves no
+orphans working against a gateway that is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .claims import ClaimBook, process_is_alive
+from .config import FleetConfig
+from .store import FileStore
+
+TICK_S = 0.5
+RESTART_BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
+# API keys are the gateway's alone: agents and their children get per-task tokens.
+SECRET_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+
+
+@dataclass
+class AgentProc:
+    """One supervised agent process and its restart bookkeeping."""
+
+    agent_id: str
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start_at: float = 0.0
+    finished: bool = False  # exited 0 on its own: nothing left for it
+
+
+@dataclass
+class FleetOptions:
+    """What ``coordinator run`` was asked for."""
+
+    agents: int
+    until_empty: bool
+    agent_override: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Runs agents, keeps them alive, reclaims stale claims, and stops them in order."""
+
+    def __init__(self, config: FleetConfig, options: FleetOptions,
+                 on_tick: Callable[[Supervisor], None] = lambda s: None) -> None:
+        self.config = config
+        self.options = options
+        self.store = FileStore(config.state_dir)
+        self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
+        self.agents = [AgentProc(f"agent-{n}") for n in range(1, options.agents + 1)]
+        self.on_tick = on_tick
+        self.stopping: str | None = None
+        self.started_at = time.monotonic()
+        self.logs_dir = config.state_dir / "logs"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def agent_env(self) -> dict[str, str]:
+        """The agents' environment: the caller's, without API keys."""
+        return {k: v for k, v in self.options.env.items() if k not in SECRET_VARS}
+
+    def spawn(self, slot: AgentProc) -> None:
+        """Start (or restart) one agent process."""
+        argv = [sys.executable, "-m", "coordinator", "-C", str(self.config.root), "agent", "--id", slot.agent_id,
+                "--supervisor", str(os.getpid())]
+        if self.options.until_empty:
+            argv.append("--until-empty")
+        if self.options.agent_override:
+            argv += ["--agent", self.options.agent_override]
+        log = open(self.logs_dir / f"{slot.agent_id}.log", "ab")  # noqa: SIM115  (the child owns it)
+        try:
+            slot.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env=self.agent_env(), start_new_session=True)
+        finally:
+            log.close()
+        self.store.append_event("agent_spawned", agent=slot.agent_id, pid=slot.proc.pid, restarts=slot.restarts)
+
+    def run(self) -> None:
+        """Supervise until the queue drains (``until_empty``) or a stop is requested."""
+        for slot in self.agents:
+            self.spawn(slot)
+        while self.stopping is None:
+            self.tick()
+            if self.options.until_empty and all(slot.finished for slot in self.agents):
+                break
+            time.sleep(TICK_S)
+        self.shutdown()
+
+    def tick(self) -> None:
+        """One supervision pass: restart crashed agents, reap stale claims, report."""
+        now = time.monotonic()
+        for slot in self.agents:
+            self._check(slot, now)
+        with self.store.lock():
+            self.book.reap_stale(self._max_attempts)
+        self.on_tick(self)
+
+    def _check(self, slot: AgentProc, now: float) -> None:
+        if slot.finished or slot.proc is None:
+            if slot.proc is None and not slot.finished and now >= slot.next_start_at:
+                self.spawn(slot)
+            return
+        code = slot.proc.poll()
+        if code is None:
+            return
+        if code == 0 and self.options.until_empty:
+            slot.finished = True
+            return
+        delay = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
+        self.store.append_event("agent_exited", agent=slot.agent_id, pid=slot.proc.pid, code=code,
+                                restart_in_s=delay)
+        slot.restarts += 1
+        slot.proc, slot.next_start_at = None, now + delay
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to shut down (signal handlers call this)."""
+        if self.stopping is None:
+            self.stopping = reason
+
+    def shutdown(self) -> None:
+        """SIGINT, wait grace_s; SIGTERM; SIGKILL; release what dead agents still hold."""
+        live = [s.proc for s in self.agents if s.proc is not None and s.proc.poll() is None]
+        grace = self.config.fleet.grace_s
+        for sig, wait_s in ((signal.SIGINT, grace + 2.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            live = [p for p in live if p.poll() is None]
+            if not live:
+                break
+            for proc in live:
+                _signal(proc, sig)
+            _wait_all(live, wait_s, self.on_tick_safe)
+        with self.store.lock():
+            for claim in self.store.list_claims():
+                if not process_is_alive(claim.pid, claim.pid_started_at):
+                    self.book.release_dead(claim, reason="fleet stopped")
+
+    def on_tick_safe(self) -> None:
+        """Keep the display moving while waiting for agents to stop."""
+        self.on_tick(self)
+
+    def _max_attempts(self, task_id: str) -> int:
+        from .tasks import load_tasks  # noqa: PLC0415  (rare: only when a claim is stale)
+
+        task = load_tasks(self.config).tasks.get(task_id)
+        return task.max_attempts if task else 1
+
+    def agent_pids(self) -> dict[str, int | None]:
+        """Current pid of each agent slot (None while waiting to restart)."""
+        return {s.agent_id: s.proc.pid if s.proc is not None else None for s in self.agents}
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout_s: float, tick: Callable[[], Any]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        tick()
+        time.sleep(0.1)
+
+
+EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def run_fleet(config: FleetConfig, options: FleetOptions, *, live: bool, console: Any = None) -> int:
+    """``coordinator run``: gateway + supervisor + display; returns the exit code."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from .gateway.server import start_in_thread  # noqa: PLC0415
+    from .view import FleetDisplay  # noqa: PLC0415
+
+    console = console or Console()
+    gateway = start_in_thread(config, options.env)
+    display = FleetDisplay(config, console, live=live)
+    supervisor = Supervisor(config, options, on_tick=lambda s: display.update())
+    previous = {sig: signal.signal(sig, lambda signum, frame: supervisor.request_stop(signal.Signals(signum).name))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with display:
+            supervisor.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        gateway.stop()
+    status = display.finish()
+    if supervisor.stopping is not None:
+        return EXIT_SIGNALS.get(supervisor.stopping, 1)
+    counts = status["tasks"]
+    return 1 if counts["failed"] or counts["blocked"] or counts["invalid"] or counts["pending"] else 0

@@ -1,0 +1,162 @@
+"""The built-in ``llm`` runner: RAG → assemble → infer → post → stream.
+
+* RAG: read the agent's ``shared_context`` globs, then the task's ``context``
+  globs, through a content-addressed cache (a file is read once per process, and
+  the same bytes are included once however many globs match them).
+* Assemble: the system prompt and shared context come first, as system blocks
+  that are byte-identical for every task, so the gateway can cache that prefix
+  once for the whole fleet; then the task's own context and its prompt.
+* Infer: one streaming ``/v1/messages`` call through the gateway, with the
+  task's token and priority.
+* Stream: text deltas are appended to ``stdout.log`` as they arrive, so
+  ``coordinator logs -f`` follows them live.
+* Post: write ``output.md`` and ``usage.json``, then run ``acceptance``.
+
+Standard library HTTP only: an llm agent stays a small process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from ..errors import CoordinatorError
+from ..paths import expand_globs
+from . import RunContext, RunResult, check_acceptance
+
+ANTHROPIC_VERSION = "2023-06-01"
+MAX_CONTEXT_BYTES = 2 * 1024 * 1024
+_READ_CACHE: dict[tuple[str, int, int], tuple[str, str]] = {}
+
+
+def read_addressed(path: Path) -> tuple[str, str]:
+    """(sha256, text) of a file, cached by (path, mtime, size)."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _READ_CACHE:
+        data = path.read_bytes()
+        _READ_CACHE[key] = (hashlib.sha256(data).hexdigest(), data.decode("utf-8", errors="replace"))
+    return _READ_CACHE[key]
+
+
+def gather(root: Path, globs: list[str], seen: set[str], *, what: str) -> list[str]:
+    """Context documents for ``globs``, skipping content already included."""
+    docs = []
+    for path in expand_globs(root, globs, what=what):
+        digest, text = read_addressed(path)
+        if digest in seen:
+            continue
+        seen.add(digest)
+        docs.append(f'<file path="{path.relative_to(root).as_posix()}">\n{text}\n</file>')
+    return docs
+
+
+def assemble(ctx: RunContext) -> dict[str, Any]:
+    """The Messages API body: shared prefix first, then task context and prompt."""
+    seen: set[str] = set()
+    shared = gather(ctx.config.root, ctx.agent.shared_context, seen, what="shared_context")
+    own = gather(ctx.config.root, ctx.task.context, seen, what="context")
+    size = sum(len(d) for d in shared + own)
+    if size > MAX_CONTEXT_BYTES:
+        raise ValueError(f"context is {size} bytes, over the {MAX_CONTEXT_BYTES} limit; narrow the globs")
+    system = [{"type": "text", "text": ctx.agent.system}]
+    if shared:
+        system.append({"type": "text", "text": "\n\n".join(shared)})
+    content = [{"type": "text", "text": "\n\n".join(own)}] if own else []
+    content.append({"type": "text", "text": ctx.task.rendered_prompt()})
+    return {"model": ctx.task.model or ctx.agent.model, "max_tokens": ctx.agent.max_tokens, "system": system,
+            "messages": [{"role": "user", "content": content}], "stream": True}
+
+
+def run(ctx: RunContext) -> RunResult:
+    """All five stages for one attempt."""
+    if not ctx.gateway_url or not ctx.gateway_token:
+        return RunResult(False, "no gateway is running; start the fleet with `coordinator run` "
+                                "(or `coordinator gateway` beside `coordinator agent`)")
+    started = time.monotonic()
+    try:
+        body = assemble(ctx)
+    except (ValueError, OSError, CoordinatorError) as exc:  # a bad glob fails the task, not the agent
+        return RunResult(False, str(exc))
+    (ctx.run_dir / "request.json").write_text(json.dumps(body, indent=1), encoding="utf-8")
+    with open(ctx.run_dir / "stdout.log", "a", encoding="utf-8") as out:
+        text, usage, error = infer(ctx, body, out)
+    (ctx.run_dir / "output.md").write_text(text, encoding="utf-8")
+    (ctx.run_dir / "usage.json").write_text(json.dumps(usage), encoding="utf-8")
+    if error:
+        return RunResult(False, error, usage)
+    error = check_acceptance(ctx, ctx.timeout_s - (time.monotonic() - started))
+    return RunResult(error is None, error, usage)
+
+
+def infer(ctx: RunContext, body: dict[str, Any], out: Any) -> tuple[str, dict[str, Any], str | None]:
+    """Stream one answer from the gateway: (text, usage, error or None)."""
+    url = urllib.parse.urlsplit(ctx.gateway_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=ctx.timeout_s)
+    headers = {"content-type": "application/json", "x-api-key": ctx.gateway_token,
+               "anthropic-version": ANTHROPIC_VERSION, "x-coordinator-priority": str(ctx.task.priority),
+               "x-coordinator-agent": ctx.agent_id}
+    try:
+        conn.request("POST", "/v1/messages", body=json.dumps(body).encode(), headers=headers)
+        response = conn.getresponse()
+        if response.status != 200:
+            return "", {}, f"gateway answered {response.status}: {_error_message(response.read())}"
+        return read_stream(response, out, ctx.should_stop)
+    except (OSError, http.client.HTTPException) as exc:
+        return "", {}, f"gateway connection failed: {exc}"
+    finally:
+        conn.close()
+
+
+def read_stream(response: Any, out: Any, should_stop: Any) -> tuple[str, dict[str, Any], str | None]:
+    """Parse Anthropic SSE events, writing text deltas to ``out`` as they come."""
+    parts: list[str] = []
+    usage: dict[str, Any] = {}
+    event, data = "", []
+    for raw in response:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            payload = json.loads("\n".join(data))
+            data = []
+            if event == "error" or payload.get("type") == "error":
+                return "".join(parts), usage, f"stream error: {_error_message(json.dumps(payload).encode())}"
+            _apply(payload, parts, usage, out)
+            reason = should_stop()
+            if reason:
+                return "".join(parts), usage, f"stopped: {reason}"
+    if not usage.get("stopped"):
+        return "".join(parts), usage, "stream ended before message_stop"
+    usage.pop("stopped")
+    return "".join(parts), usage, None
+
+
+def _apply(payload: dict[str, Any], parts: list[str], usage: dict[str, Any], out: Any) -> None:
+    kind = payload.get("type")
+    if kind == "message_start":
+        usage.update(payload.get("message", {}).get("usage", {}))
+    elif kind == "content_block_delta" and payload.get("delta", {}).get("type") == "text_delta":
+        chunk = payload["delta"]["text"]
+        parts.append(chunk)
+        out.write(chunk)
+        out.flush()
+    elif kind == "message_delta":
+        usage.update({k: v for k, v in payload.get("usage", {}).items() if v is not None})
+    elif kind == "message_stop":
+        usage["stopped"] = True
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        return str(data.get("error", {}).get("message") or data)[:300]
+    except ValueError:
+        return body[:300].decode("utf-8", errors="replace")

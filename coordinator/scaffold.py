@@ -1,0 +1,82 @@
+"""``coordinator init``: a commented fleet.toml, a shared context file, three example tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ConfigError
+
+FLEET_TOML = '''# coordinator fleet. Every key has a default; delete what you don't need.
+
+[fleet]
+agents = 4                 # default for `coordinator run -n`
+default_agent = "llm"      # agent for tasks that name none
+lease_s = 30               # a claim not renewed for this long is stale and reclaimed
+heartbeat_s = 5            # agents renew their claims this often
+grace_s = 10               # Ctrl-C: seconds running tasks get to finish
+max_usd = 0                # fleet budget in USD, 0 = none
+
+[gateway]                  # the shared inference gateway, on 127.0.0.1 only
+dedup = true               # identical requests in flight share one upstream call
+cache_ttl_s = 600          # repeats within this time are served from cache
+cache_max_mb = 64
+context_cache = "auto"     # mark the shared prefix for the provider's prompt cache
+
+[backends.default]
+# auto: anthropic if ANTHROPIC_API_KEY is set, openai if OPENAI_API_KEY is set,
+# else the offline echo backend. Keys are read from the environment only.
+kind = "auto"
+# base_url = "http://127.0.0.1:8000/v1"   # vLLM, llama.cpp, Ollama: kind = "openai"
+# rpm = 50                                 # requests per minute (0 = no limit)
+# input_tpm = 0
+# output_tpm = 0
+# max_concurrency = 64
+
+[models]
+default = { backend = "default", model = "claude-sonnet-4-5" }
+
+[agents.llm]
+kind = "llm"
+system = "You are a careful engineer."
+shared_context = ["context/*.md"]   # every task sees these first: the shared, cached prefix
+
+# [agents.claude]                   # Claude Code through the gateway
+# kind = "command"
+# command = ["claude", "-p", "{prompt}", "--output-format", "json"]
+'''
+
+CONTEXT = '''# Project notes
+
+Shared context for every task in this fleet. Put here what every agent should
+know: the project's purpose, its conventions, the definition of done. The llm
+runner sends this file first, byte-identical for every task, so the gateway has
+the provider cache it once and every other task reads it from the cache.
+'''
+
+TASKS = {
+    "hello.toml": 'prompt = "Say hello and describe, in one paragraph, what you were asked to do."\n'
+                  'priority = "high"\n',
+    "outline.toml": 'prompt = "Outline a README for {project}."\n\n[vars]\nproject = "a small command-line tool"\n',
+    "summary.toml": 'prompt = "Summarize the outline in three sentences."\n'
+                    'depends_on = ["outline"]\npriority = "low"\n',
+}
+
+
+def init_fleet(directory: Path, *, force: bool = False) -> list[Path]:
+    """Create the files; refuses to overwrite anything but fleet.toml with ``force``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fleet = directory / "fleet.toml"
+    if fleet.exists() and not force:
+        raise ConfigError("fleet.toml already exists; pass --force to overwrite it", path=fleet)
+    planned = {directory / "context" / "notes.md": CONTEXT,
+               **{directory / "tasks" / name: text for name, text in TASKS.items()}}
+    clash = [str(p) for p in planned if p.exists()]
+    if clash:
+        raise ConfigError(f"would overwrite {', '.join(clash)}; move them away or init another folder")
+    written = [fleet]
+    fleet.write_text(FLEET_TOML, encoding="utf-8")
+    for path, text in planned.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,75 @@
+"""The display loop of ``coordinator run``: a rich Live view on a TTY, plain lines otherwise."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from .config import FleetConfig
+from .dashboard import Clock, plain_line, render_dashboard, summary_table
+from .gateway_client import read_gateway
+from .status import build_status
+from .store import FileStore
+
+PLAIN_EVERY_S = 2.0
+LIVE_EVERY_S = 0.5
+
+
+class FleetDisplay:
+    """Rebuilds the status at most every half second and shows it."""
+
+    def __init__(self, config: FleetConfig, console: Console, *, live: bool) -> None:
+        self.config = config
+        self.console = console
+        self.store = FileStore(config.state_dir)
+        self.clock = Clock()
+        self.live = Live(console=console, refresh_per_second=4, transient=False) if live else None
+        self.events: list[dict[str, Any]] = []
+        self.offset = self.store.event_offset()
+        self.shown_at = float("-inf")
+        self.last_line = ""
+
+    def __enter__(self) -> FleetDisplay:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self) -> None:
+        """Refresh the view if it is due."""
+        every = LIVE_EVERY_S if self.live is not None else PLAIN_EVERY_S
+        if time.monotonic() - self.shown_at < every:
+            return
+        self.shown_at = time.monotonic()
+        status = build_status(self.config)
+        new, self.offset = self.store.read_events(self.offset)
+        self.events = (self.events + new)[-50:]
+        if self.live is not None:
+            self.live.update(render_dashboard(status, self.events, self.clock.elapsed(), self._tokens(status)))
+            return
+        line = plain_line(status, self.clock.elapsed())
+        if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
+            self.console.print(line, markup=False, highlight=False)
+            self.last_line = line
+
+    def _tokens(self, status: dict[str, Any]) -> dict[str, int]:
+        info = read_gateway(self.config)
+        out: dict[str, int] = {}
+        for agent in status["agents"]:
+            task = agent.get("task")
+            usage = info.task_usage(task) if info and task else None
+            if usage:
+                out[task] = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        """Print the summary table; returns the final status."""
+        status = build_status(self.config)
+        self.console.print(summary_table(status, self.clock.elapsed()))
+        return status
