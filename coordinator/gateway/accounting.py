@@ -1,0 +1,240 @@
+"""Usage, prices and budgets: what each task, agent, model and backend spent and saved.
+
+Usage is read from each API's own numbers (JSON bodies and SSE streams, see
+``usage_from_body`` / ``sse.StreamScanner``) and normalised to four counts: input
+tokens billed at the full rate, output tokens, cache-write and cache-read tokens
+(OpenAI's ``prompt_tokens`` includes its cached part, so that part is moved).
+
+Money: a request that made an upstream call is billed at the model's price; a request
+served by dedup (joined or cache hit) costs nothing, and what it would have cost is
+"saved". Context caching saves (or, for the write, costs) the difference from
+billing every prompt token at the input rate. Budgets are checked before a request
+goes anywhere; a call already in progress may overshoot them by its own cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import FleetConfig, ModelAlias
+
+STAT_KEYS = ("requests", "upstream_calls", "dedup_joined", "dedup_hits", "input_tokens", "output_tokens",
+             "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved")
+SCOPES = ("tasks", "agents", "models")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one response, normalised across APIs."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        """Every token, for token budgets."""
+        return self.input_tokens + self.output_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def anthropic_usage(usage: Mapping[str, Any] | None) -> Usage:
+    """Usage from an Anthropic ``usage`` object."""
+    if not isinstance(usage, Mapping):
+        return Usage()
+    return Usage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")),
+                 cache_write_tokens=_int(usage.get("cache_creation_input_tokens")),
+                 cache_read_tokens=_int(usage.get("cache_read_input_tokens")))
+
+
+def openai_usage(usage: Mapping[str, Any] | None) -> Usage:
+    """Usage from an OpenAI ``usage`` object (its cached tokens are part of ``prompt_tokens``)."""
+    if not isinstance(usage, Mapping):
+        return Usage()
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    return Usage(input_tokens=max(0, _int(usage.get("prompt_tokens")) - cached),
+                 output_tokens=_int(usage.get("completion_tokens")), cache_read_tokens=cached)
+
+
+def usage_from_body(api: str, body: Mapping[str, Any]) -> Usage:
+    """Usage from a whole (non-streamed) response body."""
+    reader = anthropic_usage if api == "anthropic" else openai_usage
+    return reader(body.get("usage"))
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_write: float
+    cache_read: float
+
+    def usd(self, usage: Usage) -> float:
+        """What ``usage`` costs."""
+        return (usage.input_tokens * self.input + usage.output_tokens * self.output
+                + usage.cache_write_tokens * self.cache_write + usage.cache_read_tokens * self.cache_read) / 1e6
+
+    def usd_uncached(self, usage: Usage) -> float:
+        """What ``usage`` would cost with every prompt token at the input rate."""
+        prompt = usage.input_tokens + usage.cache_write_tokens + usage.cache_read_tokens
+        return (prompt * self.input + usage.output_tokens * self.output) / 1e6
+
+
+def _anthropic(inp: float, out: float) -> Price:
+    # 5-minute cache writes cost 1.25x input, reads 0.1x (Anthropic pricing page).
+    return Price(inp, out, inp * 1.25, inp * 0.1)
+
+
+def _openai(inp: float, out: float, cached: float) -> Price:
+    # OpenAI bills no cache writes; cached input has its own rate.
+    return Price(inp, out, inp, cached)
+
+
+# Prefix of the upstream model name → price; the longest matching prefix wins.
+DEFAULT_PRICES: dict[str, Price] = {
+    "claude-opus-4-5": _anthropic(5.0, 25.0), "claude-opus-4": _anthropic(15.0, 75.0),
+    "claude-sonnet-4": _anthropic(3.0, 15.0), "claude-3-7-sonnet": _anthropic(3.0, 15.0),
+    "claude-3-5-sonnet": _anthropic(3.0, 15.0), "claude-haiku-4": _anthropic(1.0, 5.0),
+    "claude-3-5-haiku": _anthropic(0.8, 4.0), "claude-3-haiku": _anthropic(0.25, 1.25),
+    "claude-3-opus": _anthropic(15.0, 75.0),
+    "gpt-5-nano": _openai(0.05, 0.4, 0.005), "gpt-5-mini": _openai(0.25, 2.0, 0.025),
+    "gpt-5": _openai(1.25, 10.0, 0.125), "gpt-4.1-nano": _openai(0.1, 0.4, 0.025),
+    "gpt-4.1-mini": _openai(0.4, 1.6, 0.1), "gpt-4.1": _openai(2.0, 8.0, 0.5),
+    "gpt-4o-mini": _openai(0.15, 0.6, 0.075), "gpt-4o": _openai(2.5, 10.0, 1.25),
+    "o4-mini": _openai(1.1, 4.4, 0.275), "o3": _openai(2.0, 8.0, 0.5),
+}
+# Unknown models (local servers, new names) are priced like a mid-size model so that
+# budgets still bite; set the alias's prices in fleet.toml to be exact (0 for free).
+FALLBACK_PRICE = _anthropic(3.0, 15.0)
+
+
+def price_for(model: str, alias: ModelAlias | None = None) -> Price:
+    """The price of ``model``: the default table, overridden field by field by the alias."""
+    best = max((p for p in DEFAULT_PRICES if model.startswith(p)), key=len, default=None)
+    base = DEFAULT_PRICES[best] if best else FALLBACK_PRICE
+    if alias is None:
+        return base
+    pick = (lambda own, default: default if own is None else own)
+    return Price(pick(alias.input_usd_per_mtok, base.input), pick(alias.output_usd_per_mtok, base.output),
+                 pick(alias.cache_write_usd_per_mtok, base.cache_write),
+                 pick(alias.cache_read_usd_per_mtok, base.cache_read))
+
+
+def empty_stats() -> dict[str, float]:
+    """A zeroed stats row."""
+    return {key: 0 if key not in ("usd", "usd_saved") else 0.0 for key in STAT_KEYS}
+
+
+@dataclass(frozen=True)
+class Who:
+    """Whom a request is accounted to."""
+
+    task: str | None = None
+    agent: str | None = None
+    model: str = ""
+    backend: str = ""
+
+
+class Ledger:
+    """Running totals for the fleet and per task, agent, model and backend."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.config = config
+        self.totals = empty_stats()
+        self.scopes: dict[str, dict[str, dict[str, float]]] = {scope: {} for scope in (*SCOPES, "backends")}
+        self.version = 0  # bumped on every change, so the saver writes only when needed
+
+    def _rows(self, who: Who) -> list[dict[str, float]]:
+        rows = [self.totals]
+        for scope, name in (("tasks", who.task), ("agents", who.agent), ("models", who.model),
+                            ("backends", who.backend)):
+            if name:
+                table = self.scopes[scope]
+                row = table.get(name)
+                if row is None:
+                    row = table[name] = empty_stats()
+                rows.append(row)
+        return rows
+
+    def _add(self, who: Who, deltas: Mapping[str, float]) -> None:
+        for row in self._rows(who):
+            for key, value in deltas.items():
+                row[key] += value
+        self.version += 1
+
+    def count_request(self, who: Who) -> None:
+        """A request was admitted."""
+        self._add(who, {"requests": 1})
+
+    def count_upstream_call(self, who: Who) -> None:
+        """One upstream attempt was made (retries count each)."""
+        self._add(who, {"upstream_calls": 1})
+
+    def record_billed(self, who: Who, usage: Usage, price: Price) -> float:
+        """A flight's upstream call finished: bill its usage to the request that led it; returns USD."""
+        cost = price.usd(usage)
+        self._add(who, {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                        "cache_write_tokens": usage.cache_write_tokens, "cache_read_tokens": usage.cache_read_tokens,
+                        "usd": cost, "usd_saved": price.usd_uncached(usage) - cost})
+        return cost
+
+    def record_shared(self, who: Who, how: str, usage: Usage, price: Price) -> float:
+        """A request was served by dedup (``joined`` or ``hit``): nothing billed, its cost saved."""
+        saved = price.usd_uncached(usage)
+        self._add(who, {"dedup_joined" if how == "joined" else "dedup_hits": 1, "usd_saved": saved})
+        return saved
+
+    def task_row(self, task_id: str) -> dict[str, float]:
+        """One task's stats (zeros when it has none yet)."""
+        return dict(self.scopes["tasks"].get(task_id) or empty_stats())
+
+    def over_budget(self, task_id: str | None, max_usd: float | None, max_tokens: int | None) -> str | None:
+        """Why a new request must be refused for budget reasons, or None."""
+        fleet_max = self.config.fleet.max_usd
+        if fleet_max > 0 and self.totals["usd"] >= fleet_max:
+            return (f"the fleet has spent ${self.totals['usd']:.4f} of its ${fleet_max:g} budget; "
+                    f"raise [fleet] max_usd in fleet.toml to continue")
+        row = self.scopes["tasks"].get(task_id) if task_id else None
+        if row is None:
+            return None
+        if max_usd is not None and row["usd"] >= max_usd:
+            return (f"task {task_id!r} has spent ${row['usd']:.4f} of its ${max_usd:g} budget; "
+                    f"raise max_usd in its task file to continue")
+        used = row["input_tokens"] + row["output_tokens"] + row["cache_read_tokens"] + row["cache_write_tokens"]
+        if max_tokens is not None and used >= max_tokens:
+            return (f"task {task_id!r} has used {int(used)} of its {max_tokens} token budget; "
+                    f"raise max_tokens_budget in its task file to continue")
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals plus every scope, as plain JSON-ready dicts."""
+        data: dict[str, Any] = {key: _round(key, self.totals[key]) for key in STAT_KEYS}
+        for scope, table in self.scopes.items():
+            data[scope] = {name: {k: _round(k, v) for k, v in row.items()} for name, row in table.items()}
+        return data
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Restore totals saved by a previous gateway (unknown keys are ignored)."""
+        for key in STAT_KEYS:
+            if isinstance(data.get(key), (int, float)):
+                self.totals[key] = data[key]
+        for scope in self.scopes:
+            for name, row in (data.get(scope) or {}).items():
+                if isinstance(row, Mapping):
+                    target = self.scopes[scope].setdefault(name, empty_stats())
+                    for key in STAT_KEYS:
+                        if isinstance(row.get(key), (int, float)):
+                            target[key] = row[key]
+
+
+def _round(key: str, value: float) -> float:
+    return round(value, 9) if key in ("usd", "usd_saved") else int(value)

@@ -1,0 +1,267 @@
+"""The upstream half of a request: warm-up barrier → rate limit → breaker → retry → backend.
+
+``Pipeline.run`` drives one ``Flight``: it owns the upstream call for every request
+waiting on that flight, so retries and the breaker run once per flight, not once
+per client. Streams are forwarded event by event as they arrive (``Flight.push``).
+A failure before anything reached the clients is retried per the backend's policy;
+a failure after a stream started cannot be retried (the clients already hold part
+of an answer), so it ends the stream with an error event in the API's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends.base import Backend, UpstreamRequest, UpstreamResponse
+from ..config import BackendConfig
+from ..errors import BackendError, CircuitOpenError, FatalBackendError, RetryableError
+from .accounting import Ledger, Price, Usage, Who, usage_from_body
+from .apierrors import from_exception
+from .breaker import CircuitBreaker
+from .clock import REAL_CLOCK, Clock
+from .context_cache import WarmupBarrier
+from .dedup import Flight, Reply
+from .limits import Limiter
+from .metrics import BREAKER_VALUES, GatewayMetrics
+from .retry import RetryPolicy, retry_call
+from .sse import StreamScanner
+
+log = logging.getLogger("coordinator.gateway")
+
+# Upstream response headers a proxy must not copy (hop-by-hop, or rewritten by us).
+_DROP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding",
+                           "date", "server", "content-type", "set-cookie", "alt-svc", "via"})
+
+
+class StreamBrokenError(BackendError):
+    """A stream failed after its first events reached clients; not retryable."""
+
+
+class Upstream:
+    """One backend with the policies wrapped around it: limits, breaker, retry."""
+
+    def __init__(self, name: str, backend: Backend, config: BackendConfig, clock: Clock = REAL_CLOCK) -> None:
+        self.name = name
+        self.backend = backend
+        self.config = config
+        self.limiter = Limiter(config, clock)
+        self.breaker = CircuitBreaker(name, failures=config.breaker_failures, open_s=config.breaker_open_s,
+                                      clock=clock)
+        self.policy = RetryPolicy.for_backend(config)
+
+    def serves(self, api: str) -> bool:
+        """Whether the backend speaks ``api``."""
+        return self.backend.serves(api)
+
+
+@dataclass
+class Call:
+    """What a flight sends upstream, and on whose account."""
+
+    api: str
+    path: str
+    body: dict[str, Any]
+    stream: bool
+    headers: Mapping[str, str]
+    query: str
+    priority: int
+    who: Who
+    price: Price
+    chain: list[Upstream]  # the routed backend, then its usable fallbacks
+    input_estimate: int = 0
+    base_url: str | None = None
+    strip_usage_chunk: bool = False
+    barrier_key: bytes | None = None
+    warmer: bool = field(default=False, repr=False)
+
+
+def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Upstream response headers worth handing to clients (request ids, rate-limit info)."""
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_HEADERS}
+
+
+class Pipeline:
+    """Runs flights against upstreams, accounting for every attempt and every result."""
+
+    def __init__(self, *, ledger: Ledger, metrics: GatewayMetrics, barrier: WarmupBarrier,
+                 clock: Clock = REAL_CLOCK, rand: Callable[[], float] = random.random) -> None:
+        self.ledger = ledger
+        self.metrics = metrics
+        self.barrier = barrier
+        self.clock = clock
+        self.rand = rand
+
+    async def run(self, flight: Flight, call: Call) -> None:
+        """Fill ``flight`` with the upstream's answer or error; never raises but cancellation."""
+        try:
+            reply = await self._call(flight, call)
+        except asyncio.CancelledError:
+            flight.fail(asyncio.CancelledError())
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the waiters, typed or not
+            self._fail(flight, call, exc)
+        else:
+            self._bill(call, reply.usage)
+            flight.finish(reply)
+        finally:
+            self._release_barrier(call, warmed=flight.started)
+
+    def _fail(self, flight: Flight, call: Call, exc: Exception) -> None:
+        if not isinstance(exc, BackendError):
+            log.exception("gateway: unexpected error in a flight to %s", call.chain[0].name)
+        else:
+            log.warning("gateway: %s %s failed: %s", call.chain[0].name, call.path, exc)
+        if flight.started:
+            flight.push(from_exception(exc).event(call.api))
+        flight.fail(exc)
+
+    def _bill(self, call: Call, usage: Usage) -> None:
+        cost = self.ledger.record_billed(call.who, usage, call.price)
+        m = self.metrics
+        for kind, value in (("input", usage.input_tokens), ("output", usage.output_tokens),
+                            ("cache_write", usage.cache_write_tokens), ("cache_read", usage.cache_read_tokens)):
+            if value:
+                m.tokens.labels(call.who.model, kind).inc(value)
+        m.usd.inc(cost)
+        m.usd_saved.inc(max(0.0, call.price.usd_uncached(usage) - cost))
+
+    def _release_barrier(self, call: Call, *, warmed: bool) -> None:
+        if call.warmer and call.barrier_key is not None:
+            call.warmer = False
+            self.barrier.release(call.barrier_key, warmed=warmed)
+
+    async def _call(self, flight: Flight, call: Call) -> Reply:
+        if call.barrier_key is not None:
+            call.warmer = await self.barrier.enter(call.barrier_key)
+        error: Exception | None = None
+        for upstream in call.chain:
+            try:
+                return await retry_call(lambda n, u=upstream: self._attempt(u, flight, call), upstream.policy,
+                                        clock=self.clock, rand=self.rand, on_retry=self._on_retry(upstream))
+            except CircuitOpenError as exc:
+                error = exc  # try the next fallback, if any
+        assert error is not None
+        raise error
+
+    def _on_retry(self, upstream: Upstream) -> Callable[[int, RetryableError, float], None]:
+        def note(attempt: int, exc: RetryableError, delay: float) -> None:
+            log.info("gateway: %s attempt %d failed (%s); retrying in %.2fs", upstream.name, attempt + 1, exc, delay)
+        return note
+
+    async def _attempt(self, upstream: Upstream, flight: Flight, call: Call) -> Reply:
+        """One upstream call under the limiter and the breaker."""
+        permit = await upstream.limiter.acquire(call.priority, call.input_estimate)
+        usage: Usage | None = None
+        try:
+            upstream.breaker.before_call()
+            self.ledger.count_upstream_call(call.who)
+            reply = await self._send(upstream, flight, call)
+            usage = reply.usage
+            return reply
+        finally:
+            upstream.limiter.release(permit, input_tokens=None if usage is None else usage.input_tokens
+                                     + usage.cache_write_tokens + usage.cache_read_tokens,
+                                     output_tokens=usage.output_tokens if usage else 0)
+            self.metrics.breaker.labels(upstream.name).set(BREAKER_VALUES[upstream.breaker.state])
+
+    async def _send(self, upstream: Upstream, flight: Flight, call: Call) -> Reply:
+        request = UpstreamRequest(api=call.api, path=call.path, body=call.body, stream=call.stream,  # type: ignore[arg-type]
+                                  headers=call.headers, query=call.query, base_url=call.base_url)
+        started = self.clock.now()
+        outcome = "error"
+        try:
+            async with asyncio.timeout(upstream.config.timeout_s):
+                response = await upstream.backend.send(request)
+            self.metrics.latency.labels(upstream.name).observe(self.clock.now() - started)
+            if call.stream:
+                reply = await self._pump(upstream, flight, call, response)
+            else:
+                reply = await self._whole(call, response)
+            outcome = "ok"
+        except TimeoutError as exc:
+            upstream.breaker.record_failure()
+            raise RetryableError(f"no answer within {upstream.config.timeout_s:g}s", backend=upstream.name,
+                                 status=504) from exc
+        except (RetryableError, StreamBrokenError) as exc:
+            if getattr(exc, "status", None) != 429:  # rate limiting is back-pressure, not an outage
+                upstream.breaker.record_failure()
+            raise
+        except FatalBackendError:
+            upstream.breaker.record_success()  # it answered; the request was at fault
+            raise
+        except asyncio.CancelledError:
+            upstream.breaker.record_abandoned()
+            outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.upstream_calls.labels(upstream.name, outcome).inc()
+        upstream.breaker.record_success()
+        return reply
+
+    async def _whole(self, call: Call, response: UpstreamResponse) -> Reply:
+        body = response.body or b""
+        await response.aclose()
+        try:
+            parsed = json.loads(body)
+            if not isinstance(parsed, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise RetryableError(f"upstream sent a malformed body ({exc})", status=502) from exc
+        reply = Reply(response.status, passthrough_headers(response.headers), False, body=body,
+                      usage=usage_from_body(call.api, parsed))
+        reply.converted = parsed  # the parsed body is what a streaming client's events are built from
+        return reply
+
+    async def _pump(self, upstream: Upstream, flight: Flight, call: Call, response: UpstreamResponse) -> Reply:
+        """Forward a stream's events into the flight as they arrive."""
+        scanner = StreamScanner(call.api, strip_usage_chunk=call.strip_usage_chunk)
+        flight.headers = passthrough_headers(response.headers)
+        iterator = response.chunks.__aiter__() if response.chunks is not None else _single(response.body)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(upstream.config.timeout_s):
+                        chunk = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (RetryableError, TimeoutError, ConnectionError) as exc:
+                    raise self._stream_error(flight, exc, "the stream broke") from exc
+                self._forward(flight, call, scanner, chunk)
+        finally:
+            await response.aclose()
+        if not scanner.complete:
+            raise self._stream_error(flight, None, "the stream ended before its last event")
+        return Reply(response.status, flight.headers, True, events=list(flight.events),
+                     usage=scanner.usage)
+
+    def _forward(self, flight: Flight, call: Call, scanner: StreamScanner, chunk: bytes) -> None:
+        events = scanner.feed(chunk)
+        if scanner.error is not None and not flight.events:
+            # An error before any content (e.g. overloaded right after the headers): retryable,
+            # and nothing has reached the clients yet.
+            raise RetryableError(f"upstream stream error: {scanner.error.get('message', scanner.error)}",
+                                 status=529 if scanner.error.get("type") == "overloaded_error" else 502)
+        for event in events:
+            flight.push(event)
+        if flight.events:
+            self._release_barrier(call, warmed=True)
+
+    @staticmethod
+    def _stream_error(flight: Flight, exc: BaseException | None, what: str) -> BackendError:
+        detail = f"{what}: {exc}" if exc is not None else what
+        if flight.events:
+            return StreamBrokenError(f"upstream {detail}")
+        retry_after = exc.retry_after_s if isinstance(exc, RetryableError) else None
+        return RetryableError(f"upstream {detail}", status=502, retry_after_s=retry_after)
+
+
+async def _single(body: bytes | None):
+    """A stream answered as one body (a backend without chunking)."""
+    if body:
+        yield body

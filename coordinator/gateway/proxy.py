@@ -1,0 +1,291 @@
+"""The request path: admission → dedup → (context cache, limits, breaker, retry in ``pipeline``) → response.
+
+``Proxy.handle`` serves the three inference endpoints. It authenticates, parses the
+body once, routes the model to a backend, checks budgets and the admission queue,
+then either answers from the response cache, joins the flight already under way
+for an identical request, or launches a new flight. Clients are answered in the
+mode they asked for (stream or not), whatever mode the shared call used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..config import FleetConfig, ModelAlias
+from .accounting import Ledger, Price, Who, price_for
+from .apierrors import ApiError, from_exception
+from .context_cache import MIN_PREFIX_TOKENS, CHARS_PER_TOKEN, add_breakpoints, pick_base_url, shared_prefix
+from .dedup import Flight, FlightTable, Reply, ResponseCache, dedup_key
+from .metrics import GatewayMetrics
+from .pipeline import Call, Pipeline, Upstream
+from .sse import body_to_events, events_to_body
+from .tokens import TokenClaims, read_token
+
+API_NAMES = {"anthropic": "the Anthropic Messages API", "openai": "the OpenAI Chat Completions API"}
+SSE_TYPE = "text/event-stream; charset=utf-8"
+JSON_TYPE = "application/json"
+_MAX_TOKEN_CACHE = 10_000
+# The gateway token must never reach a provider; framing is the HTTP client's business.
+_NOT_FORWARDED = frozenset({"authorization", "x-api-key", "host", "content-length", "content-type", "connection",
+                            "keep-alive", "transfer-encoding", "accept-encoding", "cookie", "te", "upgrade"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request's model goes: the backend chain, the upstream model name, its price."""
+
+    chain: list[Upstream]
+    model: str
+    price: Price
+
+
+class Router:
+    """Model aliases from fleet.toml → backend + upstream model; unknown names go to ``default``'s backend."""
+
+    def __init__(self, config: FleetConfig, upstreams: Mapping[str, Upstream]) -> None:
+        self.config = config
+        self.upstreams = upstreams
+        self._default_backend = (config.models["default"].backend if "default" in config.models
+                                 else ("default" if "default" in upstreams else next(iter(upstreams))))
+
+    def resolve(self, api: str, model: Any) -> Route | ApiError:
+        """The route for ``model`` on ``api``, or a 400 naming the fix."""
+        name = model if isinstance(model, str) else ""
+        alias: ModelAlias | None = self.config.models.get(name)
+        backend = alias.backend if alias else self._default_backend
+        upstream_model = alias.model if alias else name
+        primary = self.upstreams[backend]
+        if not primary.serves(api):
+            return ApiError(400, f"model {name!r} routes to backend {backend!r} ({primary.backend.kind}), which does "
+                                 f"not serve {API_NAMES[api]}; in fleet.toml map it under [models] to a backend "
+                                 f"that does, or call the endpoint of the API that backend speaks")
+        chain = [primary] + [self.upstreams[f] for f in primary.config.fallback
+                             if f in self.upstreams and self.upstreams[f].serves(api)]
+        return Route(chain, upstream_model, price_for(upstream_model, alias))
+
+
+def _token_of(request: web.Request) -> str:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+class Proxy:
+    """The inference endpoints of one gateway."""
+
+    def __init__(self, *, config: FleetConfig, fleet_token: str, router: Router, pipeline: Pipeline,
+                 ledger: Ledger, metrics: GatewayMetrics, cache: ResponseCache) -> None:
+        self.config = config
+        self.fleet_token = fleet_token
+        self.router = router
+        self.pipeline = pipeline
+        self.ledger = ledger
+        self.metrics = metrics
+        self.cache = cache
+        self.flights = FlightTable()
+        self.pending = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._claims: dict[str, TokenClaims | None] = {}
+
+    def authenticate(self, request: web.Request) -> TokenClaims | None:
+        """The claims of the request's token, or None (→ 401). Verified tokens are remembered."""
+        token = _token_of(request)
+        if token in self._claims:
+            return self._claims[token]
+        claims = read_token(self.fleet_token, token)
+        if claims is not None:
+            if len(self._claims) >= _MAX_TOKEN_CACHE:
+                self._claims.clear()
+            self._claims[token] = claims
+        return claims
+
+    async def handle(self, request: web.Request, api: str) -> web.StreamResponse:
+        """Serve one inference request end to end."""
+        claims = self.authenticate(request)
+        if claims is None:
+            self.metrics.rejected.labels("auth").inc()
+            return _error(api, ApiError(401, "invalid gateway token: use the token from gateway.json or a task "
+                                             "token the coordinator issued (x-api-key or Authorization: Bearer)"))
+        body = _parse(await request.read())
+        if body is None:
+            return _error(api, ApiError(400, "the request body must be a JSON object"))
+        route = self.router.resolve(api, body.get("model"))
+        if isinstance(route, ApiError):
+            return _error(api, route)
+        who = Who(claims.task_id, claims.agent, route.model, route.chain[0].name)
+        refusal = self._admit(claims)
+        if refusal is not None:
+            return _error(api, refusal)
+        self.ledger.count_request(who)
+        self.pending += 1
+        try:
+            return await self._serve(request, api, body, route, who, claims)
+        finally:
+            self.pending -= 1
+
+    def _admit(self, claims: TokenClaims) -> ApiError | None:
+        reason = self.ledger.over_budget(claims.task_id, claims.max_usd, claims.max_tokens)
+        if reason is not None:
+            self.metrics.rejected.labels("budget").inc()
+            return ApiError(402, reason, {"x-should-retry": "false"})
+        if self.pending >= self.config.gateway.max_queue:
+            self.metrics.rejected.labels("queue_full").inc()
+            return ApiError(429, f"the gateway queue is full ({self.config.gateway.max_queue} requests waiting); "
+                                 f"retry later or raise [gateway] max_queue", {"retry-after": "1"})
+        return None
+
+    async def _serve(self, request: web.Request, api: str, body: dict[str, Any], route: Route, who: Who,
+                     claims: TokenClaims) -> web.StreamResponse:
+        path = request.path
+        stream = body.get("stream") is True and not path.endswith("/count_tokens")
+        use_dedup = self.config.gateway.dedup and request.headers.get("x-coordinator-cache", "") != "no-store"
+        key = dedup_key(path, route.chain[0].name, request.headers, body) if use_dedup else None
+        if key is not None and (reply := self.cache.get(key)) is not None:
+            self._count_shared(api, who, "hit", reply, route)
+            return _respond(api, reply, stream, body, "hit")
+        flight = self.flights.get(key) if key is not None else None
+        how = "joined"
+        if flight is None:
+            flight, how = self._launch(key, request, api, body, route, who, claims, stream), "miss"
+        flight.waiters += 1
+        try:
+            return await self._answer(request, api, flight, stream, body, how, who, route)
+        finally:
+            self.flights.leave(flight)
+
+    def _launch(self, key: bytes | None, request: web.Request, api: str, body: dict[str, Any], route: Route,
+                who: Who, claims: TokenClaims, stream: bool) -> Flight:
+        call = self._build_call(request, api, body, route, who, claims, stream)
+        flight = Flight(key, stream)
+        self.flights.add(flight)
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
+        return flight
+
+    async def _fly(self, flight: Flight, call: Call) -> None:
+        self.metrics.in_flight.inc()
+        try:
+            await self.pipeline.run(flight, call)
+        finally:
+            self.metrics.in_flight.dec()
+            self.flights.remove(flight)
+            if flight.reply is not None and flight.key is not None and not flight.abandoned:
+                self.cache.put(flight.key, flight.reply)
+                self.metrics.cache_bytes.set(self.cache.bytes)
+
+    def _build_call(self, request: web.Request, api: str, body: dict[str, Any], route: Route, who: Who,
+                    claims: TokenClaims, stream: bool) -> Call:
+        upstream_body = {**body, "model": route.model}
+        strip_usage = False
+        if api == "openai" and stream and not (body.get("stream_options") or {}).get("include_usage"):
+            # Usage is needed for accounting; the chunk carrying it is kept from clients that did not ask.
+            upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            strip_usage = True
+        is_messages = request.path == "/v1/messages"
+        auto = self.config.gateway.context_cache == "auto"
+        if api == "anthropic" and is_messages and auto:
+            upstream_body = add_breakpoints(upstream_body)
+        prefix_key, prefix_tokens = shared_prefix(api, upstream_body)
+        use_barrier = auto and (is_messages or api == "openai") and prefix_tokens >= MIN_PREFIX_TOKENS
+        return Call(api=api, path=request.path, body=upstream_body, stream=stream,
+                    headers=_forwarded_headers(request.headers),
+                    query=request.query_string, priority=_priority(request, claims), who=who, price=route.price,
+                    chain=route.chain, input_estimate=_estimate_tokens(request),
+                    base_url=pick_base_url(route.chain[0].config.base_urls, prefix_key), strip_usage_chunk=strip_usage,
+                    barrier_key=prefix_key if use_barrier else None)
+
+    async def _answer(self, request: web.Request, api: str, flight: Flight, stream: bool, body: dict[str, Any],
+                      how: str, who: Who, route: Route) -> web.StreamResponse:
+        if stream and flight.stream:
+            await flight.wait_started()
+        else:
+            await flight.wait_done()
+        if flight.error is not None and not flight.started:
+            return _error(api, from_exception(flight.error))
+        if flight.reply is not None and how == "joined":
+            self._count_shared(api, who, how, flight.reply, route)
+        self.metrics.requests.labels(api, how).inc()
+        if flight.reply is not None:
+            return _respond(api, flight.reply, stream, body, how)
+        if not stream:  # a non-streaming client of a stream that broke part-way
+            return _error(api, from_exception(flight.error or RuntimeError("stream failed")))
+        return await _relay(request, flight, how)
+
+    def _count_shared(self, api: str, who: Who, how: str, reply: Reply, route: Route) -> None:
+        saved = self.ledger.record_shared(who, how, reply.usage, route.price)
+        self.metrics.usd_saved.inc(saved)
+        if how == "hit":
+            self.metrics.requests.labels(api, how).inc()
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Client headers for the upstream call: everything but credentials, framing and our own."""
+    return {k.lower(): v for k, v in headers.items()
+            if k.lower() not in _NOT_FORWARDED and not k.lower().startswith("x-coordinator-")}
+
+
+def _priority(request: web.Request, claims: TokenClaims) -> int:
+    value = request.headers.get("x-coordinator-priority")
+    try:
+        return int(value) if value is not None else claims.priority
+    except ValueError:
+        return claims.priority
+
+
+def _estimate_tokens(request: web.Request) -> int:
+    return (request.content_length or 0) // CHARS_PER_TOKEN
+
+
+def _error(api: str, error: ApiError) -> web.Response:
+    return web.Response(status=error.status, body=error.render(api), content_type=JSON_TYPE,
+                        headers=error.headers)
+
+
+def _respond(api: str, reply: Reply, stream: bool, body: dict[str, Any], how: str) -> web.Response:
+    """A finished reply in the mode the client asked for."""
+    headers = {**reply.headers, "x-coordinator-dedup": how}
+    if stream:
+        if reply.stream:
+            payload = b"".join(reply.events)
+        else:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            payload = b"".join(body_to_events(api, _body_of(api, reply), include_usage=include_usage))
+        return web.Response(status=reply.status, body=payload, headers={**headers, "content-type": SSE_TYPE,
+                                                                          "cache-control": "no-cache"})
+    if not reply.stream:
+        return web.Response(status=reply.status, body=reply.body, headers={**headers, "content-type": JSON_TYPE})
+    return web.Response(status=reply.status, body=json.dumps(_body_of(api, reply)).encode(),
+                        headers={**headers, "content-type": JSON_TYPE})
+
+
+def _body_of(api: str, reply: Reply) -> dict[str, Any]:
+    """The reply as a parsed body, folding a stream once and remembering it."""
+    if reply.converted is None:
+        reply.converted = events_to_body(api, reply.events) if reply.stream else json.loads(reply.body or b"{}")
+    return reply.converted
+
+
+async def _relay(request: web.Request, flight: Flight, how: str) -> web.StreamResponse:
+    """Replay what the stream delivered so far, then follow it live."""
+    response = web.StreamResponse(status=200, headers={**flight.headers, "content-type": SSE_TYPE,
+                                                       "cache-control": "no-cache", "x-coordinator-dedup": how})
+    await response.prepare(request)
+    async for data in flight.follow():
+        await response.write(data)
+    await response.write_eof()
+    return response

@@ -1,0 +1,318 @@
+"""The gateway server: an aiohttp app on 127.0.0.1, its state file, and ways to run it.
+
+``Gateway`` is the library object (``coordinator run`` embeds it with
+``start_in_thread``; ``coordinator gateway`` blocks in ``serve_forever``). It builds
+one ``Upstream`` per ``[backends.*]`` table from the API keys in the ``env`` mapping
+it is given (keys go to backends only: never to a file or a log line), serves the
+inference endpoints through ``Proxy`` plus ``/metrics``, ``/healthz`` and the stats
+endpoints, writes ``gateway.json`` (url, pid, token; mode 0600) and keeps
+``gateway-stats.json`` current so totals and budgets survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..backends.base import Backend
+from ..config import FleetConfig
+from .accounting import Ledger, empty_stats
+from .apierrors import ApiError
+from .clock import REAL_CLOCK, Clock
+from .context_cache import WarmupBarrier
+from .dedup import ResponseCache
+from .metrics import GatewayMetrics
+from .pipeline import Pipeline, Upstream
+from .proxy import Proxy, Router
+from .tokens import new_fleet_token
+
+log = logging.getLogger("coordinator.gateway")
+
+STATE_FILE = "gateway.json"
+STATS_FILE = "gateway-stats.json"
+SAVE_EVERY_S = 1.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+LISTEN_BACKLOG = 4096  # 1,000 clients connecting at once must not overflow the accept queue
+
+
+def write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + ``os.replace``), readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class Gateway:
+    """The shared inference gateway of one fleet."""
+
+    def __init__(self, config: FleetConfig, env: Mapping[str, str], port: int | None = None, *,
+                 token: str | None = None, backends: Mapping[str, Backend] | None = None,
+                 clock: Clock = REAL_CLOCK, rand: Callable[[], float] = random.random) -> None:
+        self.config = config
+        self.port = config.gateway.port if port is None else port
+        self.token = token or new_fleet_token()
+        self.url = ""
+        self.clock = clock
+        self.metrics = GatewayMetrics()
+        self.ledger = Ledger(config)
+        self.cache = ResponseCache(ttl_s=config.gateway.cache_ttl_s,
+                                   max_bytes=int(config.gateway.cache_max_mb * 1024 * 1024), clock=clock)
+        self.upstreams = {name: Upstream(name, backend, config.backends[name], clock)
+                          for name, backend in (backends or _make_backends(config, env)).items()}
+        barrier = WarmupBarrier(wait_s=config.gateway.warmup_wait_s, clock=clock)
+        pipeline = Pipeline(ledger=self.ledger, metrics=self.metrics, barrier=barrier, clock=clock, rand=rand)
+        self.proxy = Proxy(config=config, fleet_token=self.token, router=Router(config, self.upstreams),
+                           pipeline=pipeline, ledger=self.ledger, metrics=self.metrics, cache=self.cache)
+        self._runner: web.AppRunner | None = None
+        self._saver: asyncio.Task | None = None
+        self._saved_version = -1
+
+    @property
+    def state_path(self) -> Path:
+        """``<state_dir>/gateway.json``."""
+        return self.config.state_dir / STATE_FILE
+
+    @property
+    def stats_path(self) -> Path:
+        """``<state_dir>/gateway-stats.json``."""
+        return self.config.state_dir / STATS_FILE
+
+    def app(self) -> web.Application:
+        """The aiohttp application (routes only; ``start`` serves it)."""
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/messages", lambda r: self.proxy.handle(r, "anthropic"))
+        app.router.add_post("/v1/messages/count_tokens", lambda r: self.proxy.handle(r, "anthropic"))
+        app.router.add_post("/v1/chat/completions", lambda r: self.proxy.handle(r, "openai"))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/coordinator/stats", self._stats)
+        app.router.add_get("/v1/coordinator/usage/{task_id}", self._usage)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        return app
+
+    async def start(self) -> None:
+        """Load saved totals, bind 127.0.0.1, serve, and write gateway.json."""
+        self._load_stats()
+        # handler_cancellation: a client hanging up cancels its handler, which drops its
+        # reference to the flight (the flight itself runs in its own task).
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        sock = _bind(self.config.gateway.host, self.port)
+        site = web.SockSite(self._runner, sock, backlog=LISTEN_BACKLOG)
+        await site.start()
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        write_private_json(self.state_path, {"url": self.url, "pid": os.getpid(), "token": self.token})
+        self._saver = asyncio.get_running_loop().create_task(self._save_loop())
+        log.info("gateway: serving on %s (%d backends)", self.url, len(self.upstreams))
+
+    async def stop(self) -> None:
+        """Stop serving, save totals, close backends, and remove gateway.json if it is ours."""
+        if self._saver is not None:
+            self._saver.cancel()
+            self._saver = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.save_stats(force=True)
+        for upstream in self.upstreams.values():
+            await upstream.backend.aclose()
+        self._remove_state_file()
+        log.info("gateway: stopped")
+
+    def _remove_state_file(self) -> None:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return
+        if data.get("pid") == os.getpid() and data.get("token") == self.token:
+            self.state_path.unlink(missing_ok=True)
+
+    def stats(self) -> dict[str, Any]:
+        """Totals and per-scope stats, with each backend's breaker and queue."""
+        data = self.ledger.snapshot()
+        for name, upstream in self.upstreams.items():
+            row = data["backends"].setdefault(name, dict(empty_stats()))
+            row.update(breaker=upstream.breaker.state, in_flight=upstream.limiter.active,
+                       queued=upstream.limiter.waiting)
+        return data
+
+    def save_stats(self, *, force: bool = False) -> None:
+        """Write gateway-stats.json when the totals changed since the last write."""
+        version = self.ledger.version
+        if not force and version == self._saved_version:
+            return
+        write_private_json(self.stats_path, self.ledger.snapshot())
+        self._saved_version = version
+
+    def _load_stats(self) -> None:
+        try:
+            data = json.loads(self.stats_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("gateway: ignoring unreadable %s (%s); totals start from zero", self.stats_path, exc)
+            return
+        if isinstance(data, dict):
+            self.ledger.load(data)
+            self._saved_version = self.ledger.version
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            try:
+                self.save_stats()
+            except OSError as exc:
+                log.warning("gateway: could not save %s: %s", self.stats_path, exc)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return self.proxy.authenticate(request) is not None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "pid": os.getpid(), "url": self.url})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        for name, upstream in self.upstreams.items():
+            self.metrics.breaker.labels(name).set({"closed": 0, "half_open": 1, "open": 2}[upstream.breaker.state])
+        self.metrics.pending.set(self.proxy.pending)
+        return web.Response(body=self.metrics.render(), headers={"content-type": self.metrics.content_type})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _json_error(ApiError(401, "invalid gateway token"))
+        return web.json_response(self.stats())
+
+    async def _usage(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _json_error(ApiError(401, "invalid gateway token"))
+        return web.json_response(self.ledger.task_row(request.match_info["task_id"]))
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        api = "openai" if "chat" in request.path or "completions" in request.path else "anthropic"
+        return web.Response(status=404, content_type="application/json",
+                            body=ApiError(404, f"no such endpoint: {request.method} {request.path}").render(api))
+
+
+def _json_error(error: ApiError) -> web.Response:
+    return web.Response(status=error.status, body=error.render("anthropic"), content_type="application/json",
+                        headers=error.headers)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = "127.0.0.1" if host == "localhost" else host
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    return sock
+
+
+def _make_backends(config: FleetConfig, env: Mapping[str, str]) -> dict[str, Backend]:
+    # Imported here: backend modules may pull in SDKs that are slow to import.
+    from ..backends import make_backend
+
+    return {name: make_backend(name, backend, env) for name, backend in config.backends.items()}
+
+
+class GatewayHandle:
+    """A gateway running on a thread of its own: ``.url``, ``.token``, ``.gateway``, ``.stop()``."""
+
+    def __init__(self, gateway: Gateway, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self.gateway = gateway
+        self.url = gateway.url
+        self.token = gateway.token
+        self._loop = loop
+        self._thread = thread
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the gateway's loop and return its result (to read state safely)."""
+        async def run() -> Any:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the gateway and join its thread (idempotent)."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout_s)
+
+
+def start_in_thread(config: FleetConfig, env: Mapping[str, str], port: int | None = None,
+                    **options: Any) -> GatewayHandle:
+    """Start a gateway on a daemon thread; returns once it serves (raises if it cannot start)."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            gateway = Gateway(config, env, port, **options)
+            loop.run_until_complete(gateway.start())
+            box["gateway"], box["loop"] = gateway, loop
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+            box["error"] = exc
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(gateway.stop())
+            _cancel_leftovers(loop)
+            loop.close()
+
+    thread = threading.Thread(target=run, name="coordinator-gateway", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        raise box["error"]
+    return GatewayHandle(box["gateway"], box["loop"], thread)
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel tasks still pending after stop (flights whose clients were cut off) and let them end."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def serve_forever(config: FleetConfig, env: Mapping[str, str], port: int | None = None, *,
+                  on_ready: Callable[[Gateway], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly (what ``coordinator gateway`` runs)."""
+    async def main() -> None:
+        gateway = Gateway(config, env, port)
+        await gateway.start()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            if on_ready is not None:
+                on_ready(gateway)
+            await stopping.wait()
+        finally:
+            await gateway.stop()
+
+    asyncio.run(main())
