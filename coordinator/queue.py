@@ -62,14 +62,18 @@ class QueueView:
         self.heap = [(task.sort_key(), task.id) for task in self.taskset.tasks.values() if self.is_ready(task.id)]
         heapq.heapify(self.heap)
 
+    def rescan_if_due(self) -> None:
+        """Pick up added, edited and removed task files every RESCAN_EVERY_S (call outside the lock)."""
+        if self.clock() - self._scanned_at < RESCAN_EVERY_S:
+            return
+        before = set(self.taskset.tasks)
+        self.taskset = self.index.refresh()
+        self._scanned_at = self.clock()
+        for task_id in self.taskset.tasks.keys() - before:
+            self._push_if_ready(task_id)
+
     def catch_up(self) -> None:
-        """Apply events written since the last call; rescan task files now and then."""
-        if self.clock() - self._scanned_at >= RESCAN_EVERY_S:
-            before = set(self.taskset.tasks)
-            self.taskset = self.index.refresh()
-            self._scanned_at = self.clock()
-            for task_id in self.taskset.tasks.keys() - before:
-                self._push_if_ready(task_id)
+        """Apply events written since the last call (under the lock: O(new events))."""
         events, self.offset = self.store.read_events(self.offset)
         for event in events:
             state = EVENT_STATES.get(event.get("event", ""))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from rich.console import Console
-from rich.table import Table
 
 from .config import FleetConfig
 from .errors import TaskError
@@ -16,20 +16,32 @@ STATE_STYLES = {"pending": "white", "blocked": "yellow", "running": "cyan", "don
                 "failed": "red", "invalid": "red", "cancelled": "dim"}
 
 
-def task_table(rows: list[TaskRow], console: Console | None = None) -> None:
-    """A table of tasks, one row each, in priority order."""
-    console = console or Console()
-    table = Table(box=None, pad_edge=False)
-    for name in ("ID", "STATE", "PRI", "TRIES", "AGENT", "TITLE / REASON"):
-        table.add_column(name, no_wrap=name != "TITLE / REASON", overflow="fold")
-    for row in rows:
-        style = STATE_STYLES.get(row.state, "white")
-        detail = row.title if not row.reason else f"{row.title} — {row.reason}"
-        table.add_row(row.id, f"[{style}]{row.state}[/]", str(row.priority),
-                      f"{row.attempts}/{row.max_attempts}", row.agent or "-", detail)
-    console.print(table)
+ANSI = {"white": "", "yellow": "\x1b[33m", "cyan": "\x1b[36m", "green": "\x1b[32m", "red": "\x1b[31m",
+        "dim": "\x1b[2m"}
+
+
+def task_table(rows: list[TaskRow], out: TextIO | None = None, *, color: bool | None = None) -> None:
+    """Tasks as aligned columns, one line each, in priority order.
+
+    Plain formatted lines rather than a rich Table: rich lays out every cell of
+    every row, which takes seconds for 10,000 tasks; this takes milliseconds.
+    """
+    out = out or sys.stdout
+    color = out.isatty() if color is None else color
+    header = ("ID", "STATE", "PRI", "TRIES", "AGENT", "TITLE / REASON")
+    cells = [(r.id, r.state, str(r.priority), f"{r.attempts}/{r.max_attempts}", r.agent or "-",
+              r.title if not r.reason else f"{r.title} — {r.reason}") for r in rows]
+    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(5)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[5]]
+    for cell in cells:
+        state = cell[1].ljust(widths[1])
+        if color:
+            state = f"{ANSI[STATE_STYLES.get(cell[1], 'white')]}{state}\x1b[0m"
+        lines.append("  ".join([cell[0].ljust(widths[0]), state, *(c.ljust(w) for c, w in
+                                                                    zip(cell[2:5], widths[2:5]))]) + "  " + cell[5])
     if not rows:
-        console.print("no tasks")
+        lines.append("no tasks")
+    out.write("\n".join(lines) + "\n")
 
 
 def task_detail_json(config: FleetConfig, task_id: str) -> dict[str, Any]:
@@ -47,7 +59,7 @@ def task_detail_json(config: FleetConfig, task_id: str) -> dict[str, Any]:
     record = snap.records.get(task_id)
     claim = store.read_claim(task_id)
     runs = sorted((store.runs_dir / task_id).glob("*/usage.json"))
-    return {"task": task.model_dump(mode="json"), "state": row.state, "reason": row.reason,
+    return {"task": {**task.model_dump(mode="json"), "source": task.source}, "state": row.state, "reason": row.reason,
             "record": asdict(record) if record else None, "claim": asdict(claim) if claim else None,
             "runs_dir": str(store.runs_dir / task_id), "run_usage": [read_json(p) for p in runs]}
 
