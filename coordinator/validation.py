@@ -6,7 +6,9 @@ the single place that renders their errors for people.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,19 +30,34 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def first_error(exc: ValidationError) -> tuple[str, str]:
-    """The (field, message) of the first validation error, worded for a person."""
+def first_error(exc: ValidationError, *, fixes: Mapping[str, str] | None = None,
+                known_keys: Iterable[str] = ()) -> tuple[str, str]:
+    """The (field, message) of the first validation error, worded for a person.
+
+    ``fixes`` rewords chosen pydantic error types (the input is still shown);
+    ``known_keys`` lets an unknown top-level key suggest the key it was likely meant to be.
+    """
     err = exc.errors(include_url=False)[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    msg = _FIXES.get(err["type"]) or err["msg"]
+    kind = err["type"]
+    msg = _FIXES.get(kind) or (fixes or {}).get(kind) or err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if err["type"] not in _FIXES and "input" in err and not isinstance(err["input"], (dict, list)):
-        shown = repr(err["input"])
+    if kind not in _FIXES and "input" in err and not isinstance(err["input"], (dict, list)):
+        value = err["input"]
+        shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)  # as TOML spells it
         if len(shown) > 60:
             shown = shown[:57] + "..."
         msg = f"{msg} (got {shown})"
+    if kind == "extra_forbidden" and len(loc) == 1:
+        msg += did_you_mean(str(loc[0]), known_keys)
     return field_path(loc), msg
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A " (did you mean 'x'?)" suffix naming the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
@@ -64,13 +81,28 @@ def toml_error_reason(exc: tomllib.TOMLDecodeError) -> str:
     return f"TOML syntax error: {msg}"
 
 
-def key_line(text: str, key: str) -> int | None:
-    """Best-effort line of the first assignment to ``key`` in TOML ``text``."""
+def key_line(text: str, key: str, start: int = 1, end: int | None = None) -> int | None:
+    """Best-effort line of the first assignment to ``key`` in TOML ``text``, within lines start..end."""
     if not key:
         return None
     leaf = key.split(".")[-1].split("[")[0]
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.splitlines()[start - 1:end], start=start):
         stripped = line.lstrip()
         if stripped.startswith(leaf) and stripped[len(leaf):].lstrip().startswith("="):
             return number
     return None
+
+
+def header_lines(text: str) -> list[tuple[int, str]]:
+    """Every table header in TOML ``text`` as (line, header), e.g. (4, "[[tasks]]")."""
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            out.append((number, stripped.split("#", 1)[0].strip()))
+    return out
+
+
+def decode_error_line(data: bytes, exc: UnicodeDecodeError) -> int:
+    """The 1-based line holding the first byte that is not valid UTF-8."""
+    return data.count(b"\n", 0, exc.start) + 1
