@@ -104,6 +104,10 @@ class Gate:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
 
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the server's event loop, where the held answers wait."""
+        self._loop = loop
+
     def close(self) -> None:
         """Hold every default answer from now on."""
         self._is_open = False
@@ -203,7 +207,7 @@ class FakeUpstream:
 
     def _serve(self, ready: threading.Event) -> None:
         loop = self._loop = asyncio.new_event_loop()
-        self.gate._loop = loop
+        self.gate.bind(loop)
         asyncio.set_event_loop(loop)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._handle)
@@ -327,7 +331,10 @@ async def _abort(request: web.Request, call: Call, *, rst: bool = True) -> web.S
         sock = transport.get_extra_info("socket")
         if rst and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort() if rst else transport.close()
+        if rst:
+            transport.abort()
+        else:
+            transport.close()
     await asyncio.Event().wait()
     raise AssertionError("unreachable: the aborted connection cancels this handler")
 

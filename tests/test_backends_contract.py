@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,12 @@ import pytest
 from coordinator.backends import Backend, UpstreamRequest, UpstreamResponse, auto_kind, make_backend
 from coordinator.backends.prompt_cache import count_tokens
 from coordinator.config import BackendConfig
-from coordinator.errors import ConfigError, FatalBackendError
-from tests.fake_upstream import FakeUpstream
+from coordinator.errors import ConfigError, FatalBackendError, RetryableError
+from tests.fake_upstream import CutStream, FakeUpstream, Hang, Malformed, Reply, Reset, Stall, await_until
 
 T = TypeVar("T")
 KEYS = {"ANTHROPIC_API_KEY": "sk-ant-contract", "OPENAI_API_KEY": "sk-openai-contract"}
-HTTP_CASES: list[tuple[str, str]] = []
+HTTP_CASES = [("openai", "openai")]
 CASES = [("echo", "anthropic"), ("echo", "openai"), *HTTP_CASES]
 ANTHROPIC_CASES = [case for case in CASES if case[1] == "anthropic"]
 BIG = "Shared context that every task sees first. " * 120  # past the 1024-token cache minimum
@@ -171,6 +172,184 @@ def test_too_many_breakpoints_is_fatal_and_carries_the_error_body(case: tuple[st
         run(build(case[0], fake_upstream), lambda b: send_all(b, request))
     assert caught.value.status == 400 and caught.value.body is not None
     assert json.loads(caught.value.body)["error"]["type"] == "invalid_request_error"
+
+
+# --- HTTP backends: what crosses the wire ---------------------------------------------------------
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_body_headers_and_query_pass_through_but_client_credentials_do_not(case: tuple[str, str],
+                                                                           fake_upstream: FakeUpstream) -> None:
+    kind, api = case
+    request = make_request(api, context_management={"edits": []}, output_config={"effort": "low"},
+                           metadata={"user_id": "session-1"})
+    request.body["messages"].insert(0, {"role": "system", "content": "a system-role message"})
+    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": "b1,b2", "x-api-key": "client-token",
+               "authorization": "Bearer client-token"}
+    request = UpstreamRequest(api, request.path, request.body, headers=headers, query="beta=true")  # type: ignore[arg-type]
+    run(build(kind, fake_upstream), lambda b: send_all(b, request))
+    call = fake_upstream.calls[-1]
+    assert call.json == request.body and call.query == "beta=true"
+    assert call.headers["anthropic-beta"] == "b1,b2" and call.headers["anthropic-version"] == "2023-06-01"
+    assert "client-token" not in json.dumps(call.headers)
+    key = KEYS["ANTHROPIC_API_KEY" if kind == "anthropic" else "OPENAI_API_KEY"]
+    sent = {call.headers.get("x-api-key"), call.headers.get("authorization", "").removeprefix("Bearer ")}
+    assert key in sent  # the backend's own key (this anthropic SDK sends it as a bearer token)
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_a_request_base_url_overrides_the_configured_one(case: tuple[str, str], fake_upstream: FakeUpstream) -> None:
+    kind, api = case
+    request = make_request(api)
+    request = UpstreamRequest(api, request.path, request.body, headers=request.headers,  # type: ignore[arg-type]
+                              base_url=fake_upstream.url)
+    answer = run(build(kind, fake_upstream, base_url=f"http://127.0.0.1:{closed_port()}"),
+                 lambda b: send_all(b, request))
+    assert b"reply to: hello there" in answer and len(fake_upstream.calls) == 1
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- HTTP backends: failures ----------------------------------------------------------------------
+
+STREAMS = pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+
+
+@STREAMS
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+@pytest.mark.parametrize("reply, retry_after_s", [
+    (Reply(429, headers={"retry-after": "7"}), 7.0),
+    (Reply(429, headers={"retry-after-ms": "250", "retry-after": "7"}), 0.25),
+    (Reply(500), None), (Reply(503), None), (Reply(529), None), (Reply(408), None),
+], ids=["429", "429-ms", "500", "503", "529", "408"])
+def test_retryable_statuses(reply: Reply, retry_after_s: float | None, case: tuple[str, str], stream: bool,
+                            fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(reply)
+    with pytest.raises(RetryableError) as caught:
+        run(build(case[0], fake_upstream), lambda b: send_all(b, make_request(case[1], stream=stream)))
+    assert caught.value.status == reply.status and caught.value.retry_after_s == retry_after_s
+
+
+@STREAMS
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_client_errors_are_fatal_and_carry_the_upstream_body(case: tuple[str, str], stream: bool,
+                                                             fake_upstream: FakeUpstream) -> None:
+    error = {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too big"}}
+    fake_upstream.script(Reply(400, json=error), Reply(401))
+    backend = build(case[0], fake_upstream)
+    with pytest.raises(FatalBackendError, match="max_tokens: too big") as caught:
+        run(backend, lambda b: send_all(b, make_request(case[1], stream=stream)))
+    assert caught.value.status == 400 and json.loads(caught.value.body or b"") == error
+    with pytest.raises(FatalBackendError, match=f"check the API key in \\$({'|'.join(KEYS)})") as caught:
+        run(backend, lambda b: send_all(b, make_request(case[1], stream=stream)))
+    assert caught.value.status == 401 and KEYS["ANTHROPIC_API_KEY"] not in str(caught.value)
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_x_should_retry_overrides_the_status(case: tuple[str, str], fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Reply(400, headers={"x-should-retry": "true"}), Reply(503, headers={"x-should-retry": "false"}))
+    backend = build(case[0], fake_upstream)
+    with pytest.raises(RetryableError) as retryable:
+        run(backend, lambda b: send_all(b, make_request(case[1])))
+    with pytest.raises(FatalBackendError) as fatal:
+        run(backend, lambda b: send_all(b, make_request(case[1])))
+    assert retryable.value.status == 400 and fatal.value.status == 503
+
+
+@STREAMS
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+@pytest.mark.parametrize("behaviour", [Reset(), Malformed(), CutStream(after_events=2)],
+                         ids=["reset", "malformed", "cut"])
+def test_broken_answers_are_retryable(behaviour: object, case: tuple[str, str], stream: bool,
+                                      fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(behaviour)
+    with pytest.raises(RetryableError):
+        run(build(case[0], fake_upstream), lambda b: send_all(b, make_request(case[1], stream=stream)))
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_a_cut_stream_raises_from_chunks_after_relaying_what_arrived(case: tuple[str, str],
+                                                                     fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(CutStream(after_events=2))
+    received: list[bytes] = []
+
+    async def scenario(backend: Backend) -> None:
+        response = await backend.send(make_request(case[1], stream=True))
+        assert response.chunks is not None
+        try:
+            async for chunk in response.chunks:
+                received.append(chunk)
+        finally:
+            await response.aclose()
+
+    with pytest.raises(RetryableError, match="stream broke"):
+        run(build(case[0], fake_upstream), scenario)
+    assert b"".join(received).count(b"data: ") == 2
+
+
+def test_connection_refused_is_retryable(fake_upstream: FakeUpstream) -> None:
+    for kind, api in HTTP_CASES:
+        backend = build(kind, fake_upstream, base_url=f"http://127.0.0.1:{closed_port()}")
+        with pytest.raises(RetryableError):
+            run(backend, lambda b: send_all(b, make_request(api)))
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_a_hang_times_out_as_retryable_and_abandons_the_call(case: tuple[str, str],
+                                                             fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Hang(), Stall(after_events=1))
+    backend = build(case[0], fake_upstream, timeout_s=0.2)
+    with pytest.raises(RetryableError):
+        run(backend, lambda b: send_all(b, make_request(case[1])))
+    with pytest.raises(RetryableError):
+        run(backend, lambda b: send_all(b, make_request(case[1], stream=True)))
+    run(backend, lambda b: await_until(lambda: fake_upstream.cancelled == 2, what="both calls abandoned"))
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_cancelling_send_cancels_the_upstream_call(case: tuple[str, str], fake_upstream: FakeUpstream) -> None:
+    fake_upstream.gate.close()
+
+    async def scenario(backend: Backend) -> None:
+        task = asyncio.create_task(backend.send(make_request(case[1])))
+        await await_until(lambda: fake_upstream.held == 1, what="the call to reach the upstream")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await await_until(lambda: fake_upstream.cancelled == 1, what="the upstream to see the hang-up")
+
+    run(build(case[0], fake_upstream), scenario)
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=case_id)
+def test_closing_a_stream_midway_abandons_the_upstream_call(case: tuple[str, str],
+                                                            fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Stall(after_events=2))
+
+    async def scenario(backend: Backend) -> None:
+        response = await backend.send(make_request(case[1], stream=True))
+        assert response.chunks is not None
+        assert await response.chunks.__anext__()
+        await response.aclose()
+        await await_until(lambda: fake_upstream.cancelled == 1, what="the upstream to see the hang-up")
+
+    run(build(case[0], fake_upstream), scenario)
+
+
+def test_a_local_server_may_need_no_key(fake_upstream: FakeUpstream) -> None:
+    config = BackendConfig(kind="openai", base_url=fake_upstream.url + "/v1", api_key_env="")
+    run(make_backend("local", config, {}), lambda b: send_all(b, make_request("openai")))
+    assert "authorization" not in fake_upstream.calls[-1].headers
+
+
+def test_a_base_url_that_is_not_http_is_a_config_error() -> None:
+    for kind, _ in HTTP_CASES:
+        with pytest.raises(ConfigError, match="not an http"):
+            make_backend("main", BackendConfig(kind=kind, base_url="localhost:8000"), KEYS)
 
 
 # --- echo specifics -------------------------------------------------------------------------------

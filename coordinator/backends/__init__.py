@@ -56,13 +56,14 @@ def make_backend(name: str, config: BackendConfig, env: Mapping[str, str]) -> Ba
     variable = key_env(config, kind)
     api_key = env.get(variable) if variable else None
     if variable and not api_key:
-        local = ", or api_key_env = \"\" for a local server that needs no key" if kind == "openai" else ""
         raise ConfigError(f"backend {name!r} ({kind}) needs an API key: set ${variable}, or name the variable "
-                          f"holding it with api_key_env{local}", key=f"backends.{name}.api_key_env")
+                          f"holding it with api_key_env (api_key_env = \"\" for a local server that needs none)",
+                          key=f"backends.{name}.api_key_env")
     if kind == "anthropic":
         from .anthropic import AnthropicBackend
 
-        return AnthropicBackend(name, config, api_key=api_key or "no-key")
+        # A local server may need no key, but the SDK would then look in os.environ: give it a dummy.
+        return AnthropicBackend(name, config, api_key=api_key or "no-key", key_env=variable or None)
     from .openai import OpenAIBackend
 
-    return OpenAIBackend(name, config, api_key=api_key)
+    return OpenAIBackend(name, config, api_key=api_key, key_env=variable or None)

@@ -62,8 +62,12 @@ class CacheUsage:
         return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
 
+# One encoder for every block: json.dumps would build a new one per call with these options.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _block_cost(data: bytes) -> int:
@@ -193,10 +197,12 @@ class PromptCache:
 
 
 def _prefix_digests(blocks: list[tuple[bytes, float | None]], last: int) -> list[bytes]:
-    """A rolling hash per block boundary: digest i identifies blocks[0..i] exactly."""
+    """A hash per block boundary: digest i identifies blocks[0..i] exactly."""
     digests: list[bytes] = []
-    previous = b""
+    running = hashlib.blake2b(digest_size=16)
     for data, _ in blocks[: last + 1]:
-        previous = hashlib.blake2b(previous + data, digest_size=16).digest()
-        digests.append(previous)
+        # Length-prefixed so block boundaries are part of what is hashed.
+        running.update(len(data).to_bytes(8, "little"))
+        running.update(data)
+        digests.append(running.copy().digest())
     return digests

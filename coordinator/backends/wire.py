@@ -146,16 +146,18 @@ def check_json(body: bytes, *, backend: str) -> bytes:
     return body
 
 
-def stream_response(status: int, headers: Mapping[str, str], source: AsyncIterator[bytes],
-                    finish: Callable[[bool], Awaitable[None]], *, api: str, backend: str,
-                    errors: tuple[type[BaseException], ...]) -> UpstreamResponse:
+async def stream_response(status: int, headers: Mapping[str, str], source: AsyncIterator[bytes],
+                          finish: Callable[[bool], Awaitable[None]], *, api: str, backend: str,
+                          errors: tuple[type[BaseException], ...]) -> UpstreamResponse:
     """An UpstreamResponse whose ``chunks`` relay ``source`` and translate its failures.
 
     ``finish(complete)`` releases the upstream connection: back to the pool when the
-    stream was read to its end, closed otherwise. ``errors`` are the transport's
-    exception types, raised from ``source`` when the connection breaks or times out.
+    stream was read to its end, closed otherwise; it must be idempotent. ``errors``
+    are the transport's exception types, raised from ``source`` when the
+    connection breaks or times out.
     """
     if not str(headers.get("content-type", "")).startswith("text/event-stream"):
+        await finish(False)
         raise malformed(backend, f"expected text/event-stream, got {headers.get('content-type')!r}")
 
     async def chunks() -> AsyncIterator[bytes]:
