@@ -28,7 +28,7 @@ from tests.fake_upstream import CutStream, FakeUpstream, Hang, Malformed, Reply,
 
 T = TypeVar("T")
 KEYS = {"ANTHROPIC_API_KEY": "sk-ant-contract", "OPENAI_API_KEY": "sk-openai-contract"}
-HTTP_CASES = [("openai", "openai")]
+HTTP_CASES = [("openai", "openai"), ("anthropic", "anthropic")]
 CASES = [("echo", "anthropic"), ("echo", "openai"), *HTTP_CASES]
 ANTHROPIC_CASES = [case for case in CASES if case[1] == "anthropic"]
 BIG = "Shared context that every task sees first. " * 120  # past the 1024-token cache minimum
