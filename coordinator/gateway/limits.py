@@ -52,7 +52,9 @@ class TokenBucket:
             return 0.0
         self._refill()
         need = min(cost, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        # The tolerance absorbs float rounding, which could otherwise ask for waits too
+        # small to move the clock at all.
+        return 0.0 if self.level >= need - 1e-6 else (need - self.level) / self.rate
 
     def take(self, cost: float) -> None:
         """Debit ``cost`` (may go negative: the debt delays later takers)."""

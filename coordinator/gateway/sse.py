@@ -206,7 +206,7 @@ def _fold_openai_choice(state: dict[str, Any], choice: dict[str, Any]) -> None:
 
 
 def _finish_openai_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
-    message = {"role": "assistant", "content": None, **state.get("message", {})}
+    message = {"role": "assistant", "content": None, "refusal": None, **state.get("message", {})}
     if state.get("tools"):
         message["tool_calls"] = [state["tools"][i] for i in sorted(state["tools"])]
     return {"index": index, "message": message, "finish_reason": state.get("finish_reason"),
