@@ -142,7 +142,9 @@ class Agent:
     def _record(self, task: Task, claim: Claim, result: RunResult) -> None:
         """Write the outcome; a lost claim is refused by fencing and logged."""
         try:
-            if self.lost is None and self._shutdown_reason() is not None:
+            if not result.ok and self.lost is None and self._shutdown_reason() is not None:
+                # Cut short by our own shutdown: not the task's fault, so the attempt is not counted.
+                # A run that finished is recorded below even while stopping, or it would run twice.
                 self.book.release(claim, reason="agent stopping")
                 return
             state = "done" if result.ok else "failed"

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .validation import first_error, key_line, toml_error_line, toml_error_reason
@@ -139,6 +139,16 @@ class FleetConfig(_Strict):
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
     models: dict[str, ModelAlias] = Field(default_factory=_default_models)
     agents: dict[str, AgentConfig] = Field(default_factory=_default_agents)
+
+    @model_validator(mode="after")
+    def _keep_builtins(self) -> FleetConfig:
+        """Defining ``[agents.claude]`` must not drop the built-in ``llm`` agent (same for defaults)."""
+        for table, name, factory in (("agents", "llm", _default_agents), ("models", "default", _default_models),
+                                     ("backends", "default", _default_backends)):
+            current = getattr(self, table)
+            if name not in current:
+                object.__setattr__(self, table, {**factory(), **current})
+        return self
 
     @property
     def tasks_dir(self) -> Path:

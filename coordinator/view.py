@@ -41,10 +41,10 @@ class FleetDisplay:
         if self.live is not None:
             self.live.__exit__(*exc)
 
-    def update(self) -> None:
+    def update(self, *, force: bool = False) -> None:
         """Refresh the view if it is due."""
         every = LIVE_EVERY_S if self.live is not None else PLAIN_EVERY_S
-        if time.monotonic() - self.shown_at < every:
+        if not force and time.monotonic() - self.shown_at < every:
             return
         self.shown_at = time.monotonic()
         status = build_status(self.config)
@@ -55,7 +55,7 @@ class FleetDisplay:
             return
         line = plain_line(status, self.clock.elapsed())
         if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
-            self.console.print(line, markup=False, highlight=False)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self.last_line = line
 
     def _tokens(self, status: dict[str, Any]) -> dict[str, int]:
@@ -69,7 +69,9 @@ class FleetDisplay:
         return out
 
     def finish(self) -> dict[str, Any]:
-        """Print the summary table; returns the final status."""
+        """Print the last progress line (plain mode) and the summary table; returns the final status."""
+        if self.live is None:
+            self.update(force=True)
         status = build_status(self.config)
         self.console.print(summary_table(status, self.clock.elapsed()))
         return status

@@ -17,6 +17,8 @@ from tests.conftest import coordinator_argv, subprocess_env
 # attempt through the environment the runner gives it (COORDINATOR_ATTEMPT).
 LEDGER_SCRIPT = r"""#!/bin/sh
 # usage: ledger.sh TASK_ID LEDGER [SLEEP_ON_FIRST_ATTEMPT]
+# SIGTERM (how a runner is stopped first) is logged, so a stopped run has an end too.
+trap 'echo "killed $1 $$ $COORDINATOR_ATTEMPT" >> "$2"; exit 143' TERM
 echo "start $1 $$ $COORDINATOR_ATTEMPT" >> "$2"
 if [ -n "$3" ] && [ "$COORDINATOR_ATTEMPT" = "1" ]; then
   touch "$2.$1.running"
@@ -94,7 +96,7 @@ def read_ledger(path: Path) -> list[tuple[str, str, int, int]]:
 
 
 def assert_no_overlap(entries: list[tuple[str, str, int, int]]) -> None:
-    """Every start of a task is followed by its end before that task starts again."""
+    """Every start of a task is followed by its end (or its `killed` line) before that task starts again."""
     open_runs: dict[str, int] = {}
     for kind, task, pid, _ in entries:
         if kind == "start":
