@@ -112,15 +112,31 @@ def _cycle_members(valid: dict[str, Task], invalid: list[InvalidFile], locate: L
     # Cycles lie wholly among the tasks a topological peel cannot remove (usually none).
     graph = {task_id: valid[task_id] for task_id in valid if task_id in suspects}
     for component in _strong_components(graph) if graph else ():
-        for task_id in component:
-            cycle = _cycle_through(task_id, set(component), graph)
+        for task_id, cycle in _cycles_of(component, graph).items():
             task = graph[task_id]
-            key = f"{_prefix(task, in_array)}depends_on"
             invalid.append(invalid_entry(
-                task.source, f"dependency cycle {_show_cycle(cycle)}; remove one of these dependencies",
-                line=locate(task.source, task.index, "depends_on"), key=key, task_id=task_id))
+                task.source, f"dependency cycle {cycle}; remove one of these dependencies",
+                line=locate(task.source, task.index, "depends_on"), key=f"{_prefix(task, in_array)}depends_on",
+                task_id=task_id))
             members.append(task)
     return members
+
+
+def _cycles_of(component: list[str], graph: dict[str, Task]) -> dict[str, str]:
+    """For each member of a strongly connected component, a cycle through it, as text.
+
+    One BFS finds a cycle; members on it get that cycle rotated to start at them,
+    so a ring of n tasks costs O(n), not n searches.
+    """
+    members = set(component)
+    shown: dict[str, str] = {}
+    for task_id in component:
+        if task_id in shown:
+            continue
+        cycle = _cycle_through(task_id, members, graph)
+        for offset, node in enumerate(cycle):
+            shown.setdefault(node, _show_cycle(cycle, offset))
+    return shown
 
 
 def _unpeelable(valid: dict[str, Task]) -> set[str]:
@@ -196,7 +212,7 @@ def _pop_component(root: str, stack: list[str], on_stack: set[str]) -> list[str]
 
 
 def _cycle_through(start: str, component: set[str], valid: dict[str, Task]) -> list[str]:
-    """The shortest cycle start → … → start inside its strongly connected component (BFS)."""
+    """The shortest cycle start → … (back to start) inside its component, by BFS; start not repeated."""
     parent: dict[str, str] = {}
     frontier = [start]
     while frontier:
@@ -207,19 +223,24 @@ def _cycle_through(start: str, component: set[str], valid: dict[str, Task]) -> l
                     path = [node]
                     while path[-1] != start:
                         path.append(parent[path[-1]])
-                    return [*reversed(path), start]
+                    return path[::-1]
                 if dep in component and dep not in parent:
                     parent[dep] = node
                     following.append(dep)
         frontier = following
-    return [start, start]  # unreachable for a real component; keeps the message well-formed
+    return [start]  # unreachable for a real component; keeps the message well-formed
 
 
-def _show_cycle(cycle: list[str]) -> str:
-    if len(cycle) > MAX_CYCLE_SHOWN:
-        hidden = len(cycle) - MAX_CYCLE_SHOWN
-        cycle = [*cycle[:MAX_CYCLE_SHOWN // 2], f"… {hidden} more …", *cycle[-MAX_CYCLE_SHOWN // 2:]]
-    return " → ".join(cycle)
+def _show_cycle(cycle: list[str], offset: int) -> str:
+    """The cycle rotated to start at ``cycle[offset]`` and closed, middle elided when long."""
+    size = len(cycle) + 1  # the start is shown again at the end
+    half = MAX_CYCLE_SHOWN // 2
+    if size <= MAX_CYCLE_SHOWN:
+        picks: list[int] | range = range(size)
+    else:
+        picks = [*range(half), -1, *range(size - half, size)]
+    names = [cycle[(offset + j) % len(cycle)] if j >= 0 else f"… {size - 2 * half} more …" for j in picks]
+    return " → ".join(names)
 
 
 def _blocked(valid: dict[str, Task], where: dict[str, str],

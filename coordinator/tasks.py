@@ -54,18 +54,18 @@ class Task(BaseModel):
     title: str = Field("", description="for display; defaults to the prompt's first line")
     priority: int = Field(2, ge=0, description='lower runs first: an int >= 0 or "critical", "high", '
                                                '"normal", "low"')
-    depends_on: list[TaskId] = Field([], description="ids that must be done before this task runs")
+    depends_on: list[TaskId] = Field(default_factory=list, description="ids that must be done before this task runs")
     agent: str | None = Field(None, description="an [agents.NAME] table of fleet.toml")
     model: str | None = Field(None, description="model alias; defaults to the agent's")
-    context: list[str] = Field([], description="globs of files inlined into the prompt, inside the fleet root")
+    context: list[str] = Field(default_factory=list, description="globs of files inlined into the prompt, inside the fleet root")
     workdir: str | None = Field(None, description="where a command runner runs, inside the fleet root")
     timeout_s: float | None = Field(None, gt=0, description="seconds before an attempt is killed")
     max_attempts: int = Field(3, ge=1, description="attempts before the task is failed")
     acceptance: list[str] | None = Field(None, description='argv that must exit 0, e.g. ["pytest", "-q"]')
     max_tokens_budget: float | None = Field(None, gt=0, description="token budget enforced by the gateway")
     max_usd: float | None = Field(None, gt=0, description="USD budget enforced by the gateway")
-    labels: list[str] = Field([], description="free-form labels")
-    vars: dict[str, Scalar] = Field({}, description="values for {name} placeholders in the prompt")
+    labels: list[str] = Field(default_factory=list, description="free-form labels")
+    vars: dict[str, Scalar] = Field(default_factory=dict, description="values for {name} placeholders in the prompt")
     # Set by the loader, never by a file; excluded from dumps so a task's hash is its definition.
     source: SkipJsonSchema[str] = Field("", exclude=True)
     index: SkipJsonSchema[int] = Field(0, exclude=True)
@@ -177,7 +177,7 @@ class TaskIndex:
                     files[source] = old
                     continue
                 result = self.parser.parse(path, source, key)
-                files[source] = _Cached(key, result, len(key) == 3 and now - key[0] < RACY_NS)
+                files[source] = _Cached(key, result, len(key) == 3 and abs(now - key[0]) < RACY_NS)
                 changed = changed or old is None or old.result != result
             self._files = files
             if changed:
@@ -311,11 +311,16 @@ def task_json_schema() -> dict[str, Any]:
     """JSON Schema of a task file: one task as top-level keys, or a ``[[tasks]]`` array of them."""
     task = Task.model_json_schema()
     defs = task.pop("$defs", {})
+    task["description"] = "One task: what to do, and how and when to run it."
     task["required"] = [name for name in task.get("required", []) if name != "id"]
-    task["properties"]["priority"] = {
-        "anyOf": [{"type": "integer", "minimum": 0}, {"enum": list(PRIORITY_NAMES)}],
-        "default": 2, "description": task["properties"]["priority"].get("description", ""),
-    }
+    props = task["properties"]
+    for name, prop in props.items():
+        props[name] = _without_null(prop)
+    props["priority"] = {"anyOf": [{"type": "integer", "minimum": 0}, {"enum": list(PRIORITY_NAMES)}],
+                         "default": 2, "description": props["priority"].get("description", "")}
+    props["prompt"]["pattern"] = r"\S"  # not blank
+    props["title"].pop("default", None)
+    props["acceptance"]["minItems"] = 1
     defs["Task"] = task
     many = {"type": "object", "additionalProperties": False, "required": ["tasks"],
             "properties": {"tasks": {"type": "array", "minItems": 1,
@@ -323,3 +328,13 @@ def task_json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "coordinator task file",
             "description": "One task as top-level keys, or several as [[tasks]] tables (each with an id).",
             "$defs": defs, "oneOf": [{"$ref": "#/$defs/Task"}, many]}
+
+
+def _without_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """``X | None`` as plain X: TOML has no null, a missing key is how a file says "none"."""
+    options = prop.get("anyOf")
+    if not options or {"type": "null"} not in options:
+        return prop
+    rest = [option for option in options if option != {"type": "null"}]
+    out = {key: value for key, value in prop.items() if key != "anyOf" and not (key == "default" and value is None)}
+    return {**out, **rest[0]} if len(rest) == 1 else {**out, "anyOf": rest}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -334,3 +335,6 @@ def test_json_schema_shape() -> None:
     assert not validator.is_valid({"prompt": "x", "colour": "red"})
     assert not validator.is_valid({"prompt": "x", "priority": "urgent"})
     assert not validator.is_valid({"prompt": "x", "source": "tasks/x.toml"})
+    assert not validator.is_valid({"prompt": "   "})
+    assert not validator.is_valid({"prompt": "x", "acceptance": []})
+    assert '"null"' not in json.dumps(schema)  # TOML has no null: optional keys are just absent
