@@ -55,8 +55,15 @@ class TaskFileParser:
         self.parsed = 0
 
     def parse(self, path: str, source: str, key: tuple[Any, ...]) -> FileResult:
-        """Parse the file at ``path`` (shown as ``source``) whose stat key is ``key``."""
+        """Parse the file at ``path`` (shown as ``source``) whose stat key is ``key``; never raises."""
         self.parsed += 1
+        try:
+            return self._parse(path, source, key)
+        except Exception as exc:  # noqa: BLE001 - a bug met by one odd file must cost that file, not the fleet
+            return _file_error(source, f"could not be loaded ({type(exc).__name__}: {exc}); "
+                                       "please report this with the file attached")
+
+    def _parse(self, path: str, source: str, key: tuple[Any, ...]) -> FileResult:
         if len(key) != 3:
             reason = _PROBLEMS.get(key[0]) or f"cannot read it ({key[-1]}); check that it exists and is readable"
             return _file_error(source, reason)
@@ -82,6 +89,8 @@ class TaskFileParser:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             return _file_error(source, toml_error_reason(exc), line=toml_error_line(exc))
+        except RecursionError:  # tomllib recurses once per nesting level of arrays and inline tables
+            return _file_error(source, "values are nested too deeply to parse; flatten them")
         if not data:
             return _file_error(source, 'has no task in it; add at least prompt = "..." '
                                        "(`coordinator schema` lists every key)")
@@ -192,8 +201,8 @@ def _array_problem(data: dict[str, Any]) -> Problem | None:
 
 def _id_problem(raw: dict[str, Any], stem: str, in_array: bool) -> Problem | None:
     """Loader-only keys, and a missing id that the file name cannot stand in for."""
-    reserved = next((key for key in raw if key in LOADER_FIELDS), None)
-    if reserved is not None:
+    if not LOADER_FIELDS.isdisjoint(raw):
+        reserved = next(key for key in raw if key in LOADER_FIELDS)
         return reserved, "unknown key (set by the coordinator, not by task files); remove it"
     if "id" in raw:
         return None

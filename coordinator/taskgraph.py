@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # (source, index within the file, key) -> line of that key, read only when reporting an error.
 Locate = Callable[[str, int, str], "int | None"]
 MAX_CYCLE_SHOWN = 12
+# Every character str.splitlines() breaks on, escaped: file names and TOML keys may hold them,
+# and a report line must stay one line.
+_ONE_LINE = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class FileResult:
 def invalid_entry(source: str, message: str, *, line: int | None = None, key: str | None = None,
                   task_id: str | None = None) -> InvalidFile:
     """An InvalidFile whose message is rendered exactly as ConfigError renders it."""
-    error = str(ConfigError(message, path=source, key=key, line=line))
+    error = str(ConfigError(message, path=source, key=key, line=line)).translate(_ONE_LINE)
     return InvalidFile(path=source, error=error, line=line, field=key, task_id=task_id)
 
 

@@ -227,8 +227,9 @@ def load_paths(config: FleetConfig, paths: list[Path]) -> TaskSet:
             found[shown] = (str(path), stat_key(path))
     # Path order by real location, so files outside the root interleave as they lie on disk.
     order = sorted(found, key=lambda source: os.path.abspath(found[source][0]))
-    results = [parser.parse(found[source][0], source, found[source][1]) for source in order]
-    return build_taskset(results, parser.locate)
+    with _no_gc():
+        results = [parser.parse(found[source][0], source, found[source][1]) for source in order]
+        return build_taskset(results, parser.locate)
 
 
 def scan_folder(top: Path, prefix: str) -> dict[str, tuple[str, tuple[Any, ...]]]:

@@ -31,6 +31,8 @@ BAD_CASES: list[tuple[str, bytes | str, str]] = [
     ("comments-only.toml", "# a note, no task\n", "has no task in it"),
     ("not-utf8.toml", b'prompt = "caf\xe9"\n', "not UTF-8"),
     ("huge.toml", HUGE, "1 MiB limit"),
+    ("deep-nesting.toml", "x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("newline-key.toml", '"sneaky\\nkey" = 1\nprompt = "x"\n', "sneaky\\nkey: unknown key"),
     ("prompt-missing.toml", 'title = "no prompt"\n', "prompt: required key is missing"),
     ("prompt-empty.toml", 'prompt = "   "\n', "prompt: must not be empty"),
     ("prompt-not-string.toml", "prompt = 42\n", "prompt: must be a string"),
@@ -93,6 +95,7 @@ BLOCKED_CASES: list[tuple[str, bytes | str, str]] = [
 # Filesystem oddities that file content cannot express: (name under tasks/, expected substring).
 SPECIAL_CASES: list[tuple[str, str]] = [
     ("folder.toml", "is a folder, not a task file"),
+    ("line\nbreak.toml", "line\\nbreak.toml: has no task in it"),
     ("dangling.toml", "is a broken symlink"),
     ("fifo.toml", "is not a regular file"),
     ("context-symlink-out.toml", "context: 'leak/secret.txt' leads through a symlink"),
@@ -115,6 +118,8 @@ def write_special(root: Path, name: str, outside: Path) -> None:
     tasks.mkdir(parents=True, exist_ok=True)
     if name == "folder.toml":
         (tasks / name).mkdir(exist_ok=True)
+    elif name == "line\nbreak.toml":
+        write_case(root, name, "")
     elif name == "dangling.toml":
         (tasks / name).symlink_to(root / "no-such-target.toml")
     elif name == "fifo.toml":

@@ -21,7 +21,8 @@ def fleet_with(tmp_path: Path) -> Path:
 
 
 def assert_one_line(message: str, source: str) -> None:
-    assert message.startswith(source + ":"), message
+    shown = source.replace("\n", "\\n")  # line breaks in names are escaped in messages
+    assert message.startswith(shown + ":"), message
     assert "\n" not in message and "\r" not in message, message
     assert "Traceback" not in message, message
 
