@@ -21,7 +21,7 @@ from typing import Any
 from .claims import ClaimBook, Holder
 from .config import FleetConfig
 from .errors import ClaimLostError, CoordinatorError
-from .gateway_client import read_gateway
+from .gateway_client import GatewayInfo, read_gateway
 from .paths import confine
 from .queue import QueueView
 from .runners import RunContext, RunResult, get_runner
@@ -34,6 +34,8 @@ REAP_EVERY_S = 1.0
 # late enough that short tasks never pay for the extra write, early enough that a
 # takeover can find and kill a long-running runner.
 FIRST_BEAT_S = 0.5
+# `coordinator run` starts agents and its gateway together; an agent's first task may need to wait.
+GATEWAY_WAIT_S = 10.0
 
 
 class Agent:
@@ -61,6 +63,7 @@ class Agent:
         self.started_at = time.time()
         self._reaped_at = float("-inf")
         self.claim_ms = 0.0
+        self.run_ms = 0.0
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
 
@@ -106,9 +109,11 @@ class Agent:
         self.publish("running")
         beat = threading.Thread(target=self._heartbeat, args=(claim,), daemon=True)
         beat.start()
+        started = time.perf_counter()
         try:
             result = self._run(task, claim)
         finally:
+            self.run_ms = (time.perf_counter() - started) * 1000
             self.current = None
             self.wake.set()
             beat.join()
@@ -128,7 +133,7 @@ class Agent:
             workdir = confine(self.config.root, task.workdir or ".", what="workdir")
         except CoordinatorError as exc:  # a workdir escaping the root fails the task, not the agent
             return RunResult(False, str(exc))
-        gateway = read_gateway(self.config)
+        gateway = self._gateway()
         ctx = RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
                          config=self.config, attempt=claim.attempt, run_dir=run_dir, workdir=workdir,
                          env=self.env, should_stop=self._should_stop, on_spawn=self._on_spawn,
@@ -138,6 +143,15 @@ class Agent:
         if gateway is not None:
             result.usage = gateway.task_usage(task.id) or result.usage
         return result
+
+    def _gateway(self) -> GatewayInfo | None:
+        """The running gateway; a supervised agent waits for its fleet's to come up."""
+        deadline = time.monotonic() + (GATEWAY_WAIT_S if self.supervisor_pid is not None else 0.0)
+        while (gateway := read_gateway(self.config)) is None and time.monotonic() < deadline:
+            if self._should_stop():
+                break
+            time.sleep(0.05)
+        return gateway
 
     def _record(self, task: Task, claim: Claim, result: RunResult) -> None:
         """Write the outcome; a lost claim is refused by fencing and logged."""
@@ -152,7 +166,8 @@ class Agent:
             record = self.book.finish(claim, state, error=result.error, usage=result.usage,
                                       max_attempts=task.max_attempts,
                                       extra={"file_hash": task_hash(task),
-                                             "claim_ms": round(self.claim_ms, 3)})
+                                             "claim_ms": round(self.claim_ms, 3),
+                                             "run_ms": round(self.run_ms, 3)})
             self.counts["done" if record.state == "done" else "failed"] += 1
             # The coordinator's own cost per task, published for `status` and scripts/bench_queue.py.
             self.overhead["tasks"] += 1
