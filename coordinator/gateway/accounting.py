@@ -101,7 +101,8 @@ def _openai(inp: float, out: float, cached: float) -> Price:
 
 # Prefix of the upstream model name → price; the longest matching prefix wins.
 DEFAULT_PRICES: dict[str, Price] = {
-    "claude-opus-4-5": _anthropic(5.0, 25.0), "claude-opus-4": _anthropic(15.0, 75.0),
+    "claude-opus-4-5": _anthropic(5.0, 25.0), "claude-opus-4-6": _anthropic(5.0, 25.0),
+    "claude-opus-4": _anthropic(15.0, 75.0),
     "claude-sonnet-4": _anthropic(3.0, 15.0), "claude-3-7-sonnet": _anthropic(3.0, 15.0),
     "claude-3-5-sonnet": _anthropic(3.0, 15.0), "claude-haiku-4": _anthropic(1.0, 5.0),
     "claude-3-5-haiku": _anthropic(0.8, 4.0), "claude-3-haiku": _anthropic(0.25, 1.25),

@@ -30,7 +30,7 @@ from .dedup import Flight, Reply
 from .limits import Limiter
 from .metrics import BREAKER_VALUES, GatewayMetrics
 from .retry import RetryPolicy, retry_call
-from .sse import StreamScanner
+from .sse import StreamScanner, is_valid_first_event
 
 log = logging.getLogger("coordinator.gateway")
 
@@ -231,12 +231,12 @@ class Pipeline:
                 except StopAsyncIteration:
                     break
                 except (RetryableError, TimeoutError, ConnectionError) as exc:
-                    raise self._stream_error(flight, exc, "the stream broke") from exc
+                    raise self._stream_error(flight, exc, "stream broke") from exc
                 self._forward(flight, call, scanner, chunk)
         finally:
             await response.aclose()
         if not scanner.complete:
-            raise self._stream_error(flight, None, "the stream ended before its last event")
+            raise self._stream_error(flight, None, "stream ended before its last event")
         return Reply(response.status, flight.headers, True, events=list(flight.events),
                      usage=scanner.usage)
 
@@ -247,6 +247,8 @@ class Pipeline:
             # and nothing has reached the clients yet.
             raise RetryableError(f"upstream stream error: {scanner.error.get('message', scanner.error)}",
                                  status=529 if scanner.error.get("type") == "overloaded_error" else 502)
+        if events and not flight.events and not is_valid_first_event(call.api, events[0]):
+            raise RetryableError(f"upstream sent a malformed stream (first event {events[0][:80]!r})", status=502)
         for event in events:
             flight.push(event)
         if flight.events:

@@ -98,9 +98,9 @@ class Gateway:
     def app(self) -> web.Application:
         """The aiohttp application (routes only; ``start`` serves it)."""
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post("/v1/messages", lambda r: self.proxy.handle(r, "anthropic"))
-        app.router.add_post("/v1/messages/count_tokens", lambda r: self.proxy.handle(r, "anthropic"))
-        app.router.add_post("/v1/chat/completions", lambda r: self.proxy.handle(r, "openai"))
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/messages/count_tokens", self._anthropic)
+        app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/coordinator/stats", self._stats)
@@ -185,6 +185,12 @@ class Gateway:
 
     def _authorized(self, request: web.Request) -> bool:
         return self.proxy.authenticate(request) is not None
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy.handle(request, "anthropic")
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy.handle(request, "openai")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pid": os.getpid(), "url": self.url})

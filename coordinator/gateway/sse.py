@@ -109,6 +109,18 @@ class StreamScanner:
         return True
 
 
+def is_valid_first_event(api: str, raw: bytes) -> bool:
+    """Whether a stream's first event looks like the API's (a proxy's garbage is retried instead)."""
+    name, data = parse_event(raw)
+    if api == "openai" and data.strip() == "[DONE]":
+        return True
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and (api == "openai" or name is not None)
+
+
 def _loads(data: str) -> dict[str, Any]:
     try:
         value = json.loads(data)

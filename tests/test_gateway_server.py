@@ -1,0 +1,178 @@
+"""The gateway as a server: state files, stats, accounting, budgets, priority, and keeping secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from coordinator.config import load_config
+from coordinator.gateway.accounting import STAT_KEYS
+from coordinator.gateway.server import start_in_thread
+from coordinator.gateway.tokens import task_token
+from tests.fake_upstream import Reply, await_until, fake_upstream, wait_until  # noqa: F401 - fixture
+from tests.gateway_support import (ANTHROPIC_KEY, ENV, OPENAI_KEY, fleet_toml, start_gateway,  # noqa: F401
+                                   user)
+
+MODEL = "claude-sonnet-4-6"
+
+
+def _client(gw: object, token: str | None = None) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url, api_key=token or gw.token, max_retries=0, timeout=20)
+
+
+def test_gateway_json_is_private_names_the_server_and_goes_away_at_stop(make_fleet, fake_upstream) -> None:
+    root = make_fleet(fleet_toml(fake_upstream.url))
+    gw = start_in_thread(load_config(root), ENV)
+    path = root / ".coordinator" / "gateway.json"
+    data = json.loads(path.read_text())
+    assert data == {"url": gw.url, "pid": os.getpid(), "token": gw.token}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and gw.url.startswith("http://127.0.0.1:")
+    assert httpx.get(f"{gw.url}/healthz").json()["ok"] is True
+    gw.stop()
+    assert not path.exists()
+
+
+def test_stats_have_the_contract_keys_per_task_agent_model_and_backend(start_gateway, fake_upstream) -> None:
+    gw = start_gateway()
+    token = task_token(gw.token, "t-1", agent="llm")
+    _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("a"))
+    _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("a"))
+    stats = httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": token}).json()
+    numeric = {k for k, v in stats.items() if isinstance(v, (int, float))}
+    assert numeric == set(STAT_KEYS)
+    assert {"tasks", "agents", "models", "backends"} <= set(stats)
+    assert stats["requests"] == 2 and stats["upstream_calls"] == 1 and stats["dedup_hits"] == 1
+    assert stats["input_tokens"] > 0 and stats["output_tokens"] > 0 and stats["usd"] > 0 and stats["usd_saved"] > 0
+    assert set(stats["tasks"]["t-1"]) == set(STAT_KEYS) and stats["agents"]["llm"]["requests"] == 2
+    assert stats["models"][MODEL]["upstream_calls"] == 1
+    assert stats["backends"]["default"]["breaker"] == "closed"
+    usage = httpx.get(f"{gw.url}/v1/coordinator/usage/t-1", headers={"authorization": f"Bearer {gw.token}"}).json()
+    assert usage == stats["tasks"]["t-1"]
+    assert httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": "nope"}).status_code == 401
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'coordinator_gateway_requests_total{api="anthropic",dedup="hit"} 1.0' in metrics
+
+
+def test_stats_are_saved_and_survive_a_restart(make_fleet, fake_upstream) -> None:
+    root = make_fleet(fleet_toml(fake_upstream.url))
+    gw = start_in_thread(load_config(root), ENV)
+    _client(gw, task_token(gw.token, "t-1")).messages.create(model=MODEL, max_tokens=16, messages=user("a"))
+    before = gw.gateway.stats()
+    wait_until(lambda: (root / ".coordinator" / "gateway-stats.json").exists(), 5, "the periodic save")
+    gw.stop()
+    saved = json.loads((root / ".coordinator" / "gateway-stats.json").read_text())
+    assert saved["requests"] == 1 and saved["tasks"]["t-1"]["usd"] == pytest.approx(before["tasks"]["t-1"]["usd"])
+    again = start_in_thread(load_config(root), ENV)
+    try:
+        assert again.gateway.stats()["usd"] == pytest.approx(before["usd"])
+        assert again.gateway.stats()["tasks"]["t-1"]["requests"] == 1
+    finally:
+        again.stop()
+
+
+def test_dedup_header_says_miss_hit_and_no_store_opts_out(start_gateway, fake_upstream) -> None:
+    gw = start_gateway()
+    body = {"model": MODEL, "max_tokens": 16, "messages": user("q")}
+    headers = {"x-api-key": gw.token}
+    hows = [httpx.post(f"{gw.url}/v1/messages", json=body, headers=headers).headers["x-coordinator-dedup"]
+            for _ in range(2)]
+    no_store = httpx.post(f"{gw.url}/v1/messages", json=body, headers={**headers, "x-coordinator-cache": "no-store"})
+    assert hows == ["miss", "hit"] and no_store.headers["x-coordinator-dedup"] == "miss"
+    assert len(fake_upstream.calls) == 2
+    assert "x-coordinator-cache" not in fake_upstream.calls[-1].headers
+
+
+def test_count_tokens_passes_through(start_gateway, fake_upstream) -> None:
+    gw = start_gateway()
+    count = _client(gw).messages.count_tokens(model=MODEL, messages=user("how many tokens is this"))
+    assert count.input_tokens > 0 and fake_upstream.calls[-1].path == "/v1/messages/count_tokens"
+
+
+def test_a_task_past_its_budget_gets_a_clear_error(start_gateway, fake_upstream) -> None:
+    gw = start_gateway()
+    token = task_token(gw.token, "cheap", max_usd=1e-9)
+    _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("first"))
+    with pytest.raises(anthropic.APIStatusError) as info:
+        _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("second"))
+    assert info.value.status_code == 402 and "task 'cheap'" in info.value.message
+    assert "max_usd" in info.value.message
+    tokens = task_token(gw.token, "short", max_tokens=5)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=tokens, max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=user("one"))
+    with pytest.raises(openai.APIStatusError) as o_info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=user("two"))
+    assert o_info.value.status_code == 402 and "max_tokens_budget" in o_info.value.message
+    assert _client(gw).messages.create(model=MODEL, max_tokens=16, messages=user("third"))  # others unaffected
+    assert len(fake_upstream.calls) == 3
+
+
+def test_the_fleet_past_its_budget_gets_a_clear_error(start_gateway, fake_upstream) -> None:
+    gw = start_gateway(fleet={"max_usd": 1e-9})
+    _client(gw).messages.create(model=MODEL, max_tokens=16, messages=user("first"))
+    with pytest.raises(anthropic.APIStatusError) as info:
+        _client(gw, task_token(gw.token, "fresh")).messages.create(model=MODEL, max_tokens=16, messages=user("x"))
+    assert info.value.status_code == 402 and "fleet" in info.value.message and "max_usd" in info.value.message
+    assert len(fake_upstream.calls) == 1
+
+
+def test_higher_priority_goes_first_when_the_backend_is_saturated(start_gateway, fake_upstream) -> None:
+    gw = start_gateway(anthropic={"max_concurrency": 1})
+    fake_upstream.gate.close()
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=20) as client:
+            def post(text: str, priority: int) -> asyncio.Task:
+                return asyncio.create_task(client.post(
+                    f"{gw.url}/v1/messages", json={"model": MODEL, "max_tokens": 8, "messages": user(text)},
+                    headers={"x-api-key": gw.token, "x-coordinator-priority": str(priority)}))
+            tasks = [post("busy", 2)]
+            await await_until(lambda: fake_upstream.held == 1, 10, "the first call")
+            for text, priority in (("low", 3), ("normal", 2), ("critical", 0)):
+                tasks.append(post(text, priority))
+                await await_until(lambda: gw.gateway.upstreams["default"].limiter.waiting == len(tasks) - 1, 10,
+                                  "the request to queue")
+            fake_upstream.gate.open()
+            assert [r.status_code for r in await asyncio.gather(*tasks)] == [200] * 4
+
+    asyncio.run(main())
+    order = [call.json["messages"][0]["content"] for call in fake_upstream.calls]
+    assert order == ["busy", "critical", "normal", "low"]
+
+
+def test_no_api_key_reaches_a_state_file_or_a_log_line(start_gateway, fake_upstream, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    gw = start_gateway()
+    fake_upstream.script(Reply(500), Reply(401), Reply(429, headers={"retry-after": "0"}))
+    client = _client(gw, task_token(gw.token, "t"))
+    for text in ("a", "b", "c", "d"):
+        try:
+            client.messages.create(model=MODEL, max_tokens=8, messages=user(text))
+        except anthropic.APIStatusError:
+            pass
+    openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.token, max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=user("o"))
+    with pytest.raises(anthropic.AuthenticationError):
+        _client(gw, ANTHROPIC_KEY).messages.create(model=MODEL, max_tokens=8, messages=user("key as token"))
+    # The keys were really in use: the upstream saw them.
+    sent = [c.headers.get("x-api-key") or c.headers.get("authorization", "").removeprefix("Bearer ")
+            for c in fake_upstream.calls]
+    assert ANTHROPIC_KEY in sent and OPENAI_KEY in sent and gw.token not in sent
+    gw.gateway.save_stats(force=True)
+    state_dir = gw.gateway.config.state_dir
+    files = [p for p in state_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "gateway-stats.json" for p in files)
+    for path in files:
+        text = path.read_bytes()
+        assert ANTHROPIC_KEY.encode() not in text and OPENAI_KEY.encode() not in text, path
+    gw.stop()
+    logged = "\n".join(r.getMessage() + " " + str(r.exc_info or "") for r in caplog.records)
+    assert caplog.records and ANTHROPIC_KEY not in logged and OPENAI_KEY not in logged
+    assert "SECRET" not in caplog.text
