@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from .config import FleetConfig
 from .store import Record, Store
-from .tasks import Task, TaskIndex, TaskSet
+from .taskcache import open_index, save_index
+from .tasks import Task, TaskSet
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 # Event kinds that move a task to a known state; others (fenced, ...) change none.
@@ -43,24 +44,28 @@ class QueueView:
         self.config = config
         self.store = store
         self.clock = clock
-        self.index = TaskIndex(config)
+        self.index = open_index(config)
         self.taskset: TaskSet = TaskSet(tasks={}, invalid=[], blocked={}, dependents={})
         self.states: dict[str, str] = {}
         self.heap: list[tuple[tuple, str]] = []
         self.offset = 0
         self._scanned_at = float("-inf")
 
-    def resync(self, records: Iterable[Record] | None = None) -> None:
+    def resync(self, records: Iterable[Record] | None = None, *, build_heap: bool = True) -> None:
         """Rebuild the whole view from task files and records (O(n)); pass records already read."""
         # Take the feed's end before reading records: a change made in between is
         # then both in the records and replayed from the feed, which is harmless.
         self.offset = self.store.event_offset()
         self.taskset = self.index.refresh()
+        save_index(self.config, self.index)
         self._scanned_at = self.clock()
         records = self.store.iter_records() if records is None else records
         self.states = {r.id: r.state for r in records}
-        self.heap = [(task.sort_key(), task.id) for task in self.taskset.tasks.values() if self.is_ready(task.id)]
-        heapq.heapify(self.heap)
+        self.heap = []
+        if build_heap:  # only claimers need it; reports (status, tasks) read states alone
+            self.heap = [(task.sort_key(), task.id) for task in self.taskset.tasks.values()
+                         if self.is_ready(task.id)]
+            heapq.heapify(self.heap)
 
     def rescan_if_due(self) -> None:
         """Pick up added, edited and removed task files every RESCAN_EVERY_S (call outside the lock)."""

@@ -60,7 +60,7 @@ def snapshot(config: FleetConfig, store: FileStore | None = None) -> FleetSnapsh
     store = store or FileStore(config.state_dir)
     view = QueueView(config, store)
     records = {r.id: r for r in store.iter_records()}
-    view.resync(records.values())
+    view.resync(records.values(), build_heap=False)
     rows = []
     for task in view.taskset.tasks.values():
         record = records.get(task.id)

@@ -158,6 +158,15 @@ class TaskIndex:
         self.prefix = _display_prefix(self.parser.root, self.tasks_dir)
         self._files: dict[str, _Cached] = {}
         self._taskset: TaskSet | None = None
+        self.dirty = False  # parsed something since prime(): worth saving (taskcache.py)
+
+    def export(self) -> tuple[dict[str, _Cached], TaskSet | None]:
+        """The parsed files by source path and the TaskSet built from them, for the persistent cache."""
+        return self._files, self._taskset
+
+    def prime(self, files: dict[str, _Cached], taskset: TaskSet | None) -> None:
+        """Start from an earlier parse (taskcache.py); refresh() still re-checks every file's key."""
+        self._files, self._taskset = files, taskset
 
     @property
     def parsed(self) -> int:
@@ -166,11 +175,11 @@ class TaskIndex:
 
     def refresh(self) -> TaskSet:
         """The current TaskSet; re-parses only new or changed files (shared object: do not mutate)."""
-        found = scan_folder(self.tasks_dir, self.prefix)
-        changed = self._taskset is None or found.keys() != self._files.keys()
-        now = time.time_ns()
-        files: dict[str, _Cached] = {}
-        with _no_gc():
+        with no_gc():
+            found = scan_folder(self.tasks_dir, self.prefix)
+            changed = self._taskset is None or found.keys() != self._files.keys()
+            now = time.time_ns()
+            files: dict[str, _Cached] = {}
             for source, (path, key) in found.items():
                 old = self._files.get(source)
                 if old is not None and old.key == key and not old.racy:
@@ -178,7 +187,9 @@ class TaskIndex:
                     continue
                 result = self.parser.parse(path, source, key)
                 files[source] = _Cached(key, result, len(key) == 3 and abs(now - key[0]) < RACY_NS)
+                self.dirty = True
                 changed = changed or old is None or old.result != result
+            self.dirty = self.dirty or files.keys() != self._files.keys()
             self._files = files
             if changed:
                 ordered = [files[source].result for source in sorted(files)]
@@ -188,7 +199,7 @@ class TaskIndex:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """Pause the cyclic GC while parsing: thousands of new acyclic objects would trigger it
     over and over (it cost about half of a cold load of 10,000 files)."""
     was_enabled = gc.isenabled()
@@ -227,7 +238,7 @@ def load_paths(config: FleetConfig, paths: list[Path]) -> TaskSet:
             found[shown] = (str(path), stat_key(path))
     # Path order by real location, so files outside the root interleave as they lie on disk.
     order = sorted(found, key=lambda source: os.path.abspath(found[source][0]))
-    with _no_gc():
+    with no_gc():
         results = [parser.parse(found[source][0], source, found[source][1]) for source in order]
         return build_taskset(results, parser.locate)
 
