@@ -35,8 +35,13 @@ class Context:
     def config(self):  # noqa: ANN201  (FleetConfig; imported lazily)
         """The fleet config, parsed once."""
         from .config import load_config  # noqa: PLC0415
+        from .errors import ConfigError  # noqa: PLC0415
 
-        return load_config(self.root)
+        try:
+            return load_config(self.root)
+        except OSError as exc:  # fleet.toml is a folder or unreadable: one line, not a traceback
+            raise ConfigError(f"cannot read it ({exc.strerror}); make it a readable TOML file",
+                              path=exc.filename) from exc
 
 
 @app.callback()

@@ -40,6 +40,8 @@ def add_task(config: FleetConfig, prompt: str, *, task_id: str | None = None, pr
     """Write ``tasks/<id>.toml`` atomically; never overwrite a file or reuse an id."""
     import tomli_w  # noqa: PLC0415  (only `add` writes TOML)
 
+    if not prompt.strip():
+        raise ConfigError("the prompt is empty; say what the task should do", key="PROMPT")
     existing = load_tasks(config).tasks
     if task_id is not None:
         if not ID_PATTERN.match(task_id):

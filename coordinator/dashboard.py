@@ -46,7 +46,9 @@ def render_dashboard(status: dict[str, Any], events: list[dict[str, Any]], elaps
                   f"{elapsed_s:.1f}s", style="bold")
     recent = [e for e in events if e.get("event") in SHOWN_EVENTS][-8:]
     event_text = Text("\n".join(event_line(e) for e in recent) or "(no events yet)", style="dim")
-    body = Group(header, ProgressBar(total=max(total, 1), completed=done, width=60), queue_line(status["tasks"]),
+    bar = Table.grid()  # a bare ProgressBar ends without a newline: the next line would be glued to it
+    bar.add_row(ProgressBar(total=max(total, 1), completed=done, width=60))
+    body = Group(header, bar, queue_line(status["tasks"]),
                  Text(""), agents_table(status["agents"], tokens), Text(""), gateway_line(status["gateway"]),
                  Text(""), Text("recent events", style="bold"), event_text)
     return Panel(body, title="fleet", expand=True)

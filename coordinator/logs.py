@@ -9,6 +9,7 @@ from pathlib import Path
 from .config import FleetConfig
 from .errors import TaskError
 from .store import FileStore
+from .tasks import load_tasks
 
 FOLLOW_POLL_S = 0.1
 
@@ -25,6 +26,10 @@ def show_log(config: FleetConfig, task_id: str, *, follow: bool, stream: str = "
              attempt: int | None = None) -> None:
     """Copy the log to stdout; with ``follow``, keep going while the task is pending or running."""
     store = FileStore(config.state_dir)
+    if not attempt_dirs(store, task_id) and store.read_record(task_id) is None \
+            and task_id not in load_tasks(config).tasks:
+        # Checked only when there is nothing to show, so a typo fails fast instead of following forever.
+        raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)
     if not follow:
         path = _pick(store, task_id, attempt)
         if path is None:

@@ -71,19 +71,20 @@ def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
     style = STATE_STYLES.get(data["state"], "white")
     console.print(f"[bold]{task['id']}[/]  [{style}]{data['state']}[/]  priority {task['priority']}  "
                   f"attempts {record.get('attempts', 0)}/{task['max_attempts']}")
-    console.print(f"source: {task.get('source', '-')}")
+    # Everything below holds user text (file names, error output, agent ids): never parse it as markup.
+    console.print(f"source: {task.get('source', '-')}", markup=False)
     if data["reason"]:
-        console.print(f"reason: {data['reason']}")
+        console.print(f"reason: {data['reason']}", markup=False)
     if task.get("depends_on"):
-        console.print(f"depends on: {', '.join(task['depends_on'])}")
+        console.print(f"depends on: {', '.join(task['depends_on'])}", markup=False)
     if data["claim"]:
         claim = data["claim"]
-        console.print(f"claimed by {claim['agent']} (pid {claim['pid']}), epoch {claim['epoch']}")
+        console.print(f"claimed by {claim['agent']} (pid {claim['pid']}), epoch {claim['epoch']}", markup=False)
     for entry in record.get("history", []):
         error = f" — {entry['error']}" if entry.get("error") else ""
-        console.print(f"  attempt {entry['attempt']}: {entry['outcome']} by {entry['agent']}{error}")
+        console.print(f"  attempt {entry['attempt']}: {entry['outcome']} by {entry['agent']}{error}", markup=False)
     if record.get("usage"):
-        console.print(f"usage: {record['usage']}")
-    console.print(f"runs: {data['runs_dir']}")
-    console.print("prompt:")
+        console.print(f"usage: {record['usage']}", markup=False)
+    console.print(f"runs: {data['runs_dir']}", markup=False)
+    console.print("prompt:", markup=False)
     console.print(task["prompt"], markup=False, highlight=False)

@@ -64,10 +64,12 @@ TASKS = {
 
 def init_fleet(directory: Path, *, force: bool = False) -> list[Path]:
     """Create the files; refuses to overwrite anything but fleet.toml with ``force``."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError("is not a folder; pick a folder (it is created if missing)", path=directory)
     directory.mkdir(parents=True, exist_ok=True)
     fleet = directory / "fleet.toml"
     if fleet.exists() and not force:
-        raise ConfigError("fleet.toml already exists; pass --force to overwrite it", path=fleet)
+        raise ConfigError("already exists; pass --force to overwrite it", path=fleet)
     planned = {directory / "context" / "notes.md": CONTEXT,
                **{directory / "tasks" / name: text for name, text in TASKS.items()}}
     clash = [str(p) for p in planned if p.exists()]
