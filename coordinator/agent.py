@@ -128,7 +128,9 @@ class Agent:
         agent = self.config.agents.get(agent_name)
         if agent is None:
             return RunResult(False, f"agent {agent_name!r} is not defined in fleet.toml")
-        run_dir = self.store.run_dir(task.id, claim.attempt)
+        # One folder per claim, named by its epoch: attempt numbers repeat after `retry` or a
+        # release, epochs never do, so no run ever writes into another run's folder.
+        run_dir = self.store.run_dir(task.id, claim.epoch)
         try:
             workdir = confine(self.config.root, task.workdir or ".", what="workdir")
         except CoordinatorError as exc:  # a workdir escaping the root fails the task, not the agent

@@ -54,6 +54,14 @@ def _ctx(ctx: typer.Context, root: Path | None) -> Context:
     return Context(root) if root is not None else ctx.obj
 
 
+def require_agent(config: Any, name: str | None) -> None:
+    """``--agent NAME`` must name an ``[agents.NAME]`` table."""
+    if name is not None and name not in config.agents:
+        from .errors import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"agent {name!r} is not defined; add [agents.{name}] to fleet.toml", key="--agent")
+
+
 def print_json(data: Any) -> None:
     """Stable JSON on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
@@ -171,12 +179,9 @@ def agent(ctx: typer.Context,
           root: RootOpt = None) -> None:
     """Run one agent process: claim tasks, run them, record the outcome."""
     from .agent import Agent, default_agent_id  # noqa: PLC0415
-    from .errors import ConfigError  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
-    if agent_name is not None and agent_name not in config.agents:
-        raise ConfigError(f"agent {agent_name!r} is not defined; add [agents.{agent_name}] to fleet.toml",
-                          key="--agent")
+    require_agent(config, agent_name)
     worker = Agent(config, agent_id or default_agent_id(), env=dict(os.environ), until_empty=until_empty,
                    agent_override=agent_name, supervisor_pid=supervisor)
     raise typer.Exit(worker.run())
@@ -206,13 +211,10 @@ def run(ctx: typer.Context,
                                                    "the live view.")] = False,
         root: RootOpt = None) -> None:
     """Start the gateway and N agents; work through tasks/ (exit 0: all done, 1: some failed)."""
-    from .errors import ConfigError  # noqa: PLC0415
     from .fleet import FleetOptions, run_fleet  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
-    if agent_name is not None and agent_name not in config.agents:
-        raise ConfigError(f"agent {agent_name!r} is not defined; add [agents.{agent_name}] to fleet.toml",
-                          key="--agent")
+    require_agent(config, agent_name)
     options = FleetOptions(agents=agents or config.fleet.agents,
                            until_empty=until_empty if until_empty is not None else not sys.stdin.isatty(),
                            agent_override=agent_name, env=dict(os.environ))
@@ -250,13 +252,14 @@ def status(ctx: typer.Context, as_json: JsonOpt = False,
 def logs(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing while the task runs.")] = False,
          stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr.log instead of stdout.log.")] = False,
-         attempt: Annotated[int | None, typer.Option(help="Which attempt (default: the latest).")] = None,
+         run: Annotated[int | None, typer.Option("--run", help="Which run folder, runs/ID/N, N being its "
+                                                 "claim's epoch (default: the latest).")] = None,
          root: RootOpt = None) -> None:
     """Print a task's output log (the streamed tokens, or a command's stdout)."""
     from .logs import show_log  # noqa: PLC0415
 
     show_log(_ctx(ctx, root).config(), task_id, follow=follow, stream="stderr" if stderr else "stdout",
-             attempt=attempt)
+             run=run)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""``coordinator logs ID [-f]``: print (and follow) one attempt's output log."""
+"""``coordinator logs ID [-f]``: print (and follow) one run's output log (``runs/<id>/<epoch>/``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from .tasks import load_tasks
 FOLLOW_POLL_S = 0.1
 
 
-def attempt_dirs(store: FileStore, task_id: str) -> list[Path]:
-    """Run folders of a task, oldest attempt first."""
+def run_dirs(store: FileStore, task_id: str) -> list[Path]:
+    """Run folders of a task (one per claim, named by epoch), oldest first."""
     base = store.runs_dir / task_id
     if not base.is_dir():
         return []
@@ -23,42 +23,42 @@ def attempt_dirs(store: FileStore, task_id: str) -> list[Path]:
 
 
 def show_log(config: FleetConfig, task_id: str, *, follow: bool, stream: str = "stdout",
-             attempt: int | None = None) -> None:
+             run: int | None = None) -> None:
     """Copy the log to stdout; with ``follow``, keep going while the task is pending or running."""
     store = FileStore(config.state_dir)
-    if not attempt_dirs(store, task_id) and store.read_record(task_id) is None \
+    if not run_dirs(store, task_id) and store.read_record(task_id) is None \
             and task_id not in load_tasks(config).tasks:
         # Checked only when there is nothing to show, so a typo fails fast instead of following forever.
         raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)
     if not follow:
-        path = _pick(store, task_id, attempt)
+        path = _pick(store, task_id, run)
         if path is None:
             raise TaskError(f"task {task_id!r} has no {stream} log yet; `coordinator logs -f {task_id}` waits "
                             "for it", task_id=task_id)
         sys.stdout.write((path / f"{stream}.log").read_text(encoding="utf-8", errors="replace")
                          if (path / f"{stream}.log").exists() else "")
         return
-    _follow(store, task_id, stream, attempt)
+    _follow(store, task_id, stream, run)
 
 
-def _pick(store: FileStore, task_id: str, attempt: int | None) -> Path | None:
-    dirs = attempt_dirs(store, task_id)
-    if attempt is not None:
-        dirs = [d for d in dirs if d.name == str(attempt)]
+def _pick(store: FileStore, task_id: str, run: int | None) -> Path | None:
+    dirs = run_dirs(store, task_id)
+    if run is not None:
+        dirs = [d for d in dirs if d.name == str(run)]
     return dirs[-1] if dirs else None
 
 
-def _follow(store: FileStore, task_id: str, stream: str, attempt: int | None) -> None:
+def _follow(store: FileStore, task_id: str, stream: str, run: int | None) -> None:
     current, offset = None, 0
     while True:
-        path = _pick(store, task_id, attempt)
+        path = _pick(store, task_id, run)
         if path != current and path is not None:
             current, offset = path, 0
         if current is not None:
             offset = _copy_from(current / f"{stream}.log", offset)
         record = store.read_record(task_id)
         active = record is None or record.state in ("pending", "running")
-        if not active and (attempt is not None or _pick(store, task_id, None) == current):
+        if not active and (run is not None or _pick(store, task_id, None) == current):
             if current is not None:
                 _copy_from(current / f"{stream}.log", offset)
             return

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -121,7 +122,8 @@ def agents_table(agents: list[dict[str, Any]], tokens: dict[str, int] | None = N
         elapsed = f"{now - started:.0f}s" if agent.get("task") and started else "-"
         used = (tokens or {}).get(agent["task"] or "", 0)
         style = {"dead": "red", "running": "cyan"}.get(agent["state"], "white")
-        table.add_row(str(agent["id"]), str(agent["pid"]), f"[{style}]{agent['state']}[/]", agent["task"] or "-",
+        table.add_row(escape(str(agent["id"])), str(agent["pid"]), f"[{style}]{agent['state']}[/]",
+                      escape(agent["task"] or "-"),
                       elapsed, f"{agent['heartbeat_age_s']:.1f}s", str(used) if used else "-",
                       str(agent["done"]), str(agent["failed"]))
     if not agents:

@@ -246,9 +246,9 @@ class FileStore(Store):
                     out.append(data)
         return out
 
-    def run_dir(self, task_id: str, attempt: int) -> Path:
-        """The folder holding one attempt's output and logs (created on demand)."""
-        path = self.runs_dir / task_id / str(attempt)
+    def run_dir(self, task_id: str, epoch: int) -> Path:
+        """The folder holding one claim's output and logs, ``runs/<id>/<epoch>/`` (created on demand)."""
+        path = self.runs_dir / task_id / str(epoch)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from coordinator.claims import ClaimBook, Holder, process_is_alive
 from coordinator.cli import app, main
 from coordinator.config import load_config
-from coordinator.logs import attempt_dirs
+from coordinator.logs import run_dirs
 from coordinator.store import FileStore
 from tests.conftest import coordinator_argv, subprocess_env
 from tests.procs import events, record, run_cli, start_agent, stop, wait_for, write_ledger_fleet, write_tasks
@@ -391,7 +391,7 @@ def test_logs_prints_the_latest_attempt_or_the_one_asked(make_fleet, monkeypatch
     root = make_fleet(QUICK_FLEET, {"t.toml": 'prompt = "t"\n', "quiet.toml": 'prompt = "q"\n'})
     write_run_logs(root, "t", {1: "first\n", 2: "second\n", 10: "tenth\n"})  # 10 sorts after 2
     assert invoke(root, "logs", "t").stdout == "tenth\n"
-    assert invoke(root, "logs", "t", "--attempt", "2").stdout == "second\n"
+    assert invoke(root, "logs", "t", "--run", "2").stdout == "second\n"
     assert invoke(root, "logs", "t", "--stderr").stdout == "err 10\n"
     settle(root, "t", "done")
     assert invoke(root, "logs", "t", "-f").stdout == "tenth\n", "-f on a finished task prints and returns"
@@ -654,9 +654,6 @@ def test_subprocess_gateway_serves_until_sigterm(make_fleet) -> None:
     assert after["gateway"]["running"] is False and after["healthy"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, left to the owners of agent.py/store.py: a retried task's "
-                   "attempt 1 reuses runs/<id>/1, so stdout.log mixes both runs and a command's output.md "
-                   "stays the old one (store.run_dir should give every claim a fresh folder)")
 def test_subprocess_retry_starts_a_fresh_run_folder(make_fleet) -> None:
     root = make_fleet("""
         [fleet]
@@ -669,5 +666,5 @@ def test_subprocess_retry_starts_a_fresh_run_folder(make_fleet) -> None:
     assert run_cli(root, "retry", "a").returncode == 0
     assert run_cli(root, "agent", "--until-empty").returncode == 0
     assert run_cli(root, "logs", "a").stdout == "run 2\n"
-    latest = attempt_dirs(FileStore(root / ".coordinator"), "a")[-1]
+    latest = run_dirs(FileStore(root / ".coordinator"), "a")[-1]
     assert (latest / "output.md").read_text() == "run 2\n"
