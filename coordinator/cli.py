@@ -273,12 +273,24 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet 
     typer.echo(f"next: coordinator -C {directory} run")
 
 
+def _help_command() -> str:
+    """``coordinator CMD --help`` for the command being run, else ``coordinator --help``."""
+    names = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+    command = next((arg for arg in sys.argv[1:] if arg in names), None)
+    return f"coordinator {command} --help" if command else "coordinator --help"
+
+
 def main() -> None:
-    """Console-script entry point: one line and exit 1 or 2 for every coordinator error."""
+    """Console-script entry point: every error, ours or a usage error, is one line and exit 1 or 2."""
     try:
-        app()
+        code = app(standalone_mode=False)  # returns the exit code instead of calling sys.exit
     except CoordinatorError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
+    except typer.TyperException as err:  # bad option, missing argument: Typer would draw a multi-line box
+        if err.format_message():  # empty for a bare `coordinator`, which has printed the help already
+            typer.echo(f"error: {err.format_message()} (see `{_help_command()}`)", err=True)
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

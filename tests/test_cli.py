@@ -668,3 +668,17 @@ def test_subprocess_retry_starts_a_fresh_run_folder(make_fleet) -> None:
     assert run_cli(root, "logs", "a").stdout == "run 2\n"
     latest = run_dirs(FileStore(root / ".coordinator"), "a")[-1]
     assert (latest / "output.md").read_text() == "run 2\n"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("tasks", "--state", "bogus"), "coordinator tasks --help"),
+    (("show",), "Missing argument"),
+    (("no-such-command",), "coordinator --help"),
+])
+def test_subprocess_usage_errors_are_one_line(make_fleet, args: tuple[str, ...], expected: str) -> None:
+    root = make_fleet()
+    result = run_cli(root, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr
