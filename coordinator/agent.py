@@ -63,6 +63,7 @@ class Agent:
         self.started_at = time.time()
         self._reaped_at = float("-inf")
         self.claim_ms = 0.0
+        self._published_at = float("-inf")
         self.run_ms = 0.0
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
@@ -80,7 +81,8 @@ class Agent:
             if picked is None:
                 if self.until_empty and self._is_queue_drained():
                     break
-                self.publish("idle")
+                if time.monotonic() - self._published_at >= self.config.fleet.heartbeat_s:
+                    self.publish("idle")
                 self.wake.wait(IDLE_POLL_S)
                 self.wake.clear()
                 continue
@@ -250,6 +252,7 @@ class Agent:
             "started_at": self.started_at, **self.counts,
             "overhead": {k: round(v, 3) for k, v in self.overhead.items()}}
         self.store.write_agent(self.agent_id, status)
+        self._published_at = time.monotonic()
 
     def _install_signals(self) -> None:
         def on_term(signum: int, frame: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .claims import ClaimBook, process_is_alive
 from .config import FleetConfig
-from .store import FileStore
+from .store import FileStore, read_json
 
 TICK_S = 0.5
 STAGGER_S = 0.3
@@ -128,6 +128,7 @@ class Supervisor:
             return
         code = slot.proc.poll()
         if code is None:
+            self._kill_if_hung(slot)
             return
         if code == 0 and self.options.until_empty:
             slot.finished = True
@@ -137,6 +138,17 @@ class Supervisor:
                                 restart_in_s=delay)
         slot.restarts += 1
         slot.proc, slot.next_start_at = None, now + delay
+
+    def _kill_if_hung(self, slot: AgentProc) -> None:
+        """An agent whose heartbeat is older than its lease is hung: kill it; it is restarted next tick."""
+        status = read_json(self.store.agents_dir / f"{slot.agent_id}.json")
+        if not isinstance(status, dict) or status.get("pid") != slot.proc.pid:
+            return  # not published yet (still booting)
+        age_s = time.time() - float(status.get("heartbeat_at", 0.0))
+        if age_s > self.config.fleet.lease_s + self.config.fleet.heartbeat_s:
+            self.store.append_event("agent_hung", agent=slot.agent_id, pid=slot.proc.pid,
+                                    heartbeat_age_s=round(age_s, 1))
+            slot.proc.kill()  # its claim is then stale by pid and reaped on this very tick
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to shut down (signal handlers call this)."""

@@ -235,3 +235,20 @@ def test_status_while_running_after_and_check_on_dead_holder(make_fleet) -> None
                     os.killpg(claim["child_pid"], signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_a_hung_agent_is_killed_and_replaced(make_fleet) -> None:
+    root = make_fleet()
+    write_ledger_fleet(root, lease_s=1.0, heartbeat_s=0.2, sleep_first=60)
+    write_tasks(root, 1)
+    run = start_run(root, "-n", "1", "--until-empty", "--no-dashboard")
+    try:
+        held = wait_for(lambda: [c for c in claims(root) if c.get("child_pid")], what="a running task")
+        os.kill(held[0]["pid"], signal.SIGSTOP)  # alive to psutil, silent to the supervisor
+        assert run.wait(timeout=90) == 0, (root / "run.out").read_text()
+    finally:
+        stop(run)
+    hung = [e for e in events(root) if e["event"] == "agent_hung"]
+    assert hung and hung[0]["pid"] == held[0]["pid"]
+    rec = record(root, "t0000")
+    assert rec["state"] == "done" and rec["attempts"] == 2
