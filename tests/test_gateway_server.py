@@ -58,7 +58,8 @@ def test_stats_have_the_contract_keys_per_task_agent_model_and_backend(start_gat
     assert usage == stats["tasks"]["t-1"]
     assert httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": "nope"}).status_code == 401
     metrics = httpx.get(f"{gw.url}/metrics").text
-    assert 'coordinator_gateway_requests_total{api="anthropic",dedup="hit"} 1.0' in metrics
+    assert "coordinator_gateway_dedup_hits_total 1.0" in metrics and "coordinator_gateway_requests_total 2.0" in metrics
+    assert f'coordinator_gateway_tokens_total{{kind="output",model="{MODEL}"}}' in metrics
 
 
 def test_stats_are_saved_and_survive_a_restart(make_fleet, fake_upstream) -> None:

@@ -14,11 +14,13 @@ goes anywhere; a call already in progress may overshoot them by its own cost.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import FleetConfig, ModelAlias
+from ..errors import RetryableError
 
 STAT_KEYS = ("requests", "upstream_calls", "dedup_joined", "dedup_hits", "input_tokens", "output_tokens",
              "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved")
@@ -67,6 +69,36 @@ def usage_from_body(api: str, body: Mapping[str, Any]) -> Usage:
     """Usage from a whole (non-streamed) response body."""
     reader = anthropic_usage if api == "anthropic" else openai_usage
     return reader(body.get("usage"))
+
+
+_USAGE_KEY = '"usage"'
+_DECODER = json.JSONDecoder()
+
+
+def usage_from_body_bytes(api: str, raw: bytes) -> Usage:
+    """Usage from a raw JSON body, decoding only its ``usage`` object (it sits near the end).
+
+    A JSON string cannot contain an unescaped ``"usage"``, so the last occurrence is the
+    key of the top-level object in both APIs' bodies. Anything unexpected falls back to a
+    full parse; a body that is not JSON at all is a malformed answer.
+    """
+    text = raw.decode("utf-8", "replace")
+    at = text.rfind(_USAGE_KEY)
+    if at >= 0:
+        start = text.find(":", at + len(_USAGE_KEY)) + 1
+        while start < len(text) and text[start] in " \t\r\n":
+            start += 1
+        try:
+            value, _ = _DECODER.raw_decode(text, start)
+            if isinstance(value, dict):
+                return usage_from_body(api, {"usage": value})
+        except ValueError:
+            pass
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise RetryableError(f"upstream sent a malformed body ({exc})", status=502) from exc
+    return usage_from_body(api, body) if isinstance(body, dict) else Usage()
 
 
 @dataclass(frozen=True)
@@ -153,8 +185,17 @@ class Ledger:
         self.totals = empty_stats()
         self.scopes: dict[str, dict[str, dict[str, float]]] = {scope: {} for scope in (*SCOPES, "backends")}
         self.version = 0  # bumped on every change, so the saver writes only when needed
+        self._row_cache: dict[Who, list[dict[str, float]]] = {}
 
     def _rows(self, who: Who) -> list[dict[str, float]]:
+        rows = self._row_cache.get(who)
+        if rows is None:
+            if len(self._row_cache) > 10_000:
+                self._row_cache.clear()
+            rows = self._row_cache[who] = self._resolve_rows(who)
+        return rows
+
+    def _resolve_rows(self, who: Who) -> list[dict[str, float]]:
         rows = [self.totals]
         for scope, name in (("tasks", who.task), ("agents", who.agent), ("models", who.model),
                             ("backends", who.backend)):
@@ -225,6 +266,7 @@ class Ledger:
 
     def load(self, data: Mapping[str, Any]) -> None:
         """Restore totals saved by a previous gateway (unknown keys are ignored)."""
+        self._row_cache.clear()
         for key in STAT_KEYS:
             if isinstance(data.get(key), (int, float)):
                 self.totals[key] = data[key]

@@ -53,6 +53,7 @@ class Router:
         self.upstreams = upstreams
         self._default_backend = (config.models["default"].backend if "default" in config.models
                                  else ("default" if "default" in upstreams else next(iter(upstreams))))
+        self._prices: dict[tuple[str, str], Price] = {}  # (alias or "", model) → price, computed once
 
     def resolve(self, api: str, model: Any) -> Route | ApiError:
         """The route for ``model`` on ``api``, or a 400 naming the fix."""
@@ -67,7 +68,12 @@ class Router:
                                  f"that does, or call the endpoint of the API that backend speaks")
         chain = [primary] + [self.upstreams[f] for f in primary.config.fallback
                              if f in self.upstreams and self.upstreams[f].serves(api)]
-        return Route(chain, upstream_model, price_for(upstream_model, alias))
+        price = self._prices.get((name if alias else "", upstream_model))
+        if price is None:
+            price = self._prices[(name if alias else "", upstream_model)] = price_for(upstream_model, alias)
+            if len(self._prices) > _MAX_TOKEN_CACHE:  # free-form model names must not grow it forever
+                self._prices.clear()
+        return Route(chain, upstream_model, price)
 
 
 def _token_of(request: web.Request) -> str:
@@ -192,13 +198,17 @@ class Proxy:
         auto = self.config.gateway.context_cache == "auto"
         if api == "anthropic" and is_messages and auto:
             upstream_body = add_breakpoints(upstream_body)
-        prefix_key, prefix_tokens = shared_prefix(api, upstream_body)
+        base_urls = route.chain[0].config.base_urls
+        # The prefix hash costs a JSON dump: skip it when no barrier or routing could use it.
+        big_enough = _estimate_tokens(request) >= MIN_PREFIX_TOKENS
+        prefix_key, prefix_tokens = (shared_prefix(api, upstream_body) if big_enough or len(base_urls) > 1
+                                     else (b"", 0))
         use_barrier = auto and (is_messages or api == "openai") and prefix_tokens >= MIN_PREFIX_TOKENS
         return Call(api=api, path=request.path, body=upstream_body, stream=stream,
                     headers=_forwarded_headers(request.headers),
                     query=request.query_string, priority=_priority(request, claims), who=who, price=route.price,
                     chain=route.chain, input_estimate=_estimate_tokens(request),
-                    base_url=pick_base_url(route.chain[0].config.base_urls, prefix_key), strip_usage_chunk=strip_usage,
+                    base_url=pick_base_url(base_urls, prefix_key), strip_usage_chunk=strip_usage,
                     barrier_key=prefix_key if use_barrier else None)
 
     async def _answer(self, request: web.Request, api: str, flight: Flight, stream: bool, body: dict[str, Any],
@@ -211,7 +221,6 @@ class Proxy:
             return _error(api, from_exception(flight.error))
         if flight.reply is not None and how == "joined":
             self._count_shared(api, who, how, flight.reply, route)
-        self.metrics.requests.labels(api, how).inc()
         if flight.reply is not None:
             return _respond(api, flight.reply, stream, body, how)
         if not stream:  # a non-streaming client of a stream that broke part-way
@@ -219,10 +228,7 @@ class Proxy:
         return await _relay(request, flight, how)
 
     def _count_shared(self, api: str, who: Who, how: str, reply: Reply, route: Route) -> None:
-        saved = self.ledger.record_shared(who, how, reply.usage, route.price)
-        self.metrics.usd_saved.inc(saved)
-        if how == "hit":
-            self.metrics.requests.labels(api, how).inc()
+        self.ledger.record_shared(who, how, reply.usage, route.price)
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:

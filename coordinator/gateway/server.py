@@ -32,7 +32,7 @@ from .apierrors import ApiError
 from .clock import REAL_CLOCK, Clock
 from .context_cache import WarmupBarrier
 from .dedup import ResponseCache
-from .metrics import GatewayMetrics
+from .metrics import BREAKER_VALUES, GatewayMetrics
 from .pipeline import Pipeline, Upstream
 from .proxy import Proxy, Router
 from .tokens import new_fleet_token
@@ -73,6 +73,7 @@ class Gateway:
         self.clock = clock
         self.metrics = GatewayMetrics()
         self.ledger = Ledger(config)
+        self.metrics.watch_ledger(self.ledger.snapshot)
         self.cache = ResponseCache(ttl_s=config.gateway.cache_ttl_s,
                                    max_bytes=int(config.gateway.cache_max_mb * 1024 * 1024), clock=clock)
         self.upstreams = {name: Upstream(name, backend, config.backends[name], clock)
@@ -197,7 +198,7 @@ class Gateway:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         for name, upstream in self.upstreams.items():
-            self.metrics.breaker.labels(name).set({"closed": 0, "half_open": 1, "open": 2}[upstream.breaker.state])
+            self.metrics.breaker.labels(name).set(BREAKER_VALUES[upstream.breaker.state])
         self.metrics.pending.set(self.proxy.pending)
         return web.Response(body=self.metrics.render(), headers={"content-type": self.metrics.content_type})
 

@@ -1,0 +1,309 @@
+"""Benchmark the gateway against a fast fake upstream, direct and through the gateway, in one run.
+
+    python scripts/bench_gateway.py [--quick] [--requests N] [--rss-requests N]
+
+Three processes: a minimal fake OpenAI upstream (aiohttp, one fixed answer, so it
+costs little), the gateway (``coordinator.gateway.serve_forever``, as
+``coordinator gateway`` runs it, with an ``openai`` backend pointing at the fake),
+and this script as the load generator. The load generator speaks HTTP/1.1 over raw
+asyncio streams with keep-alive: a few microseconds per request, so the figures
+are about the gateway rather than about a client library, and the same client
+measures both paths. Prints one JSON object; the targets are in docs/gateway.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+# --- the fake upstream (runs in its own process: ``bench_gateway.py --upstream PORTFILE``) ------
+
+UPSTREAM_CODE = r'''
+import asyncio, json, sys, time
+from aiohttp import web
+
+ANSWER = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok, done."},
+                       "logprobs": None, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 25, "completion_tokens": 3, "total_tokens": 28}}
+BODY = json.dumps(ANSWER).encode()
+calls = {"n": 0}
+
+async def chat(request):
+    raw = await request.read()
+    calls["n"] += 1
+    if b"bench_delay_ms" in raw:  # lets the coalescing run keep its one call in flight
+        await asyncio.sleep(json.loads(raw)["bench_delay_ms"] / 1000)
+    return web.Response(body=BODY, content_type="application/json")
+
+async def count(request):
+    return web.json_response(calls)
+
+async def main():
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/calls", count)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    with open(sys.argv[1], "w") as f:
+        f.write(str(port))
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+'''
+
+GATEWAY_CODE = r'''
+import logging, sys
+from coordinator.config import load_config
+from coordinator.gateway.server import serve_forever
+logging.basicConfig(level=logging.WARNING)
+serve_forever(load_config(sys.argv[1]), {})
+'''
+
+
+# --- a small keep-alive HTTP/1.1 client ----------------------------------------------------------
+
+class Conn:
+    """One keep-alive connection; ``post`` sends a request and reads the whole response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> Conn:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def post(self, path: str, body: bytes, headers: str) -> tuple[int, bytes, bytes]:
+        head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n{headers}\r\n").encode()
+        self.writer.write(head + body)
+        status_line_and_headers = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(status_line_and_headers[9:12])
+        length = 0
+        for line in status_line_and_headers.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        payload = await self.reader.readexactly(length)
+        return status, status_line_and_headers, payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def chat_body(i: int | str, extra: dict | None = None) -> bytes:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"request {i}: say ok"}]}
+    body.update(extra or {})
+    return json.dumps(body).encode()
+
+
+async def run_load(url: str, headers: str, bodies: list[bytes], concurrency: int) -> tuple[float, list[float]]:
+    """Send ``bodies`` over ``concurrency`` connections; (elapsed seconds, per-request latencies)."""
+    conns = [await Conn.open(url) for _ in range(concurrency)]
+    latencies: list[float] = []
+    next_index = iter(range(len(bodies)))
+
+    async def worker(conn: Conn) -> None:
+        for i in next_index:
+            started = time.perf_counter()
+            status, head, _ = await conn.post("/v1/chat/completions", bodies[i], headers)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {head[:200]!r}")
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*[worker(c) for c in conns])
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return elapsed, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- processes -----------------------------------------------------------------------------
+
+def start_upstream(tmp: Path) -> tuple[subprocess.Popen, str]:
+    portfile = tmp / "upstream.port"
+    proc = subprocess.Popen([PYTHON, "-c", UPSTREAM_CODE, str(portfile)])
+    deadline = time.monotonic() + 20
+    while not portfile.exists() or not portfile.read_text():
+        if time.monotonic() > deadline:
+            raise RuntimeError("fake upstream did not start")
+        time.sleep(0.01)
+    return proc, f"http://127.0.0.1:{portfile.read_text()}"
+
+
+def write_fleet(tmp: Path, upstream_url: str, cache_max_mb: float) -> Path:
+    root = tmp / "fleet"
+    root.mkdir()
+    (root / "fleet.toml").write_text(
+        f'[gateway]\ncache_max_mb = {cache_max_mb}\nmax_queue = 4096\n\n'
+        f'[backends.default]\nkind = "openai"\nbase_url = "{upstream_url}/v1"\napi_key_env = ""\n'
+        f'max_concurrency = 256\n\n'
+        f'[models]\ndefault = {{ backend = "default", model = "gpt-4o-mini" }}\n')
+    return root
+
+
+def start_gateway(root: Path) -> tuple[subprocess.Popen, dict, float]:
+    """Start ``serve_forever`` in a new process; (process, gateway.json, seconds from spawn to ready)."""
+    state = root / ".coordinator" / "gateway.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    proc = subprocess.Popen([PYTHON, "-c", GATEWAY_CODE, str(root)], env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            info = json.loads(state.read_text())
+            if info["pid"] == proc.pid:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.002)
+    ready_s = time.perf_counter() - started  # gateway.json is written after the socket serves
+    return proc, info, ready_s
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def upstream_calls(upstream_url: str) -> int:
+    conn = await Conn.open(upstream_url)
+    conn.writer.write(f"GET /calls HTTP/1.1\r\nhost: {conn.host}\r\n\r\n".encode())
+    head = await conn.reader.readuntil(b"\r\n\r\n")
+    length = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")][0][15:])
+    data = json.loads(await conn.reader.readexactly(length))
+    conn.close()
+    return data["n"]
+
+
+# --- the measurements ----------------------------------------------------------------------
+
+async def paired_latency(upstream_url: str, gateway_url: str, auth: str, n: int) -> tuple[list[float], list[float]]:
+    """Concurrency 1, alternating direct and gateway requests, so both see the same machine load."""
+    direct, gateway = await Conn.open(upstream_url), await Conn.open(gateway_url)
+    d_lat: list[float] = []
+    g_lat: list[float] = []
+    for i in range(n):
+        for conn, headers, out, tag in ((direct, "", d_lat, "d"), (gateway, auth, g_lat, "g")):
+            body = chat_body(f"lat-{tag}{i}")
+            started = time.perf_counter()
+            status, head, _ = await conn.post("/v1/chat/completions", body, headers)
+            out.append(time.perf_counter() - started)
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {head[:200]!r}")
+    direct.close()
+    gateway.close()
+    return d_lat, g_lat
+
+
+async def rps(url: str, headers: str, bodies: list[bytes], concurrency: int) -> float:
+    elapsed, _ = await run_load(url, headers, bodies, concurrency)
+    return len(bodies) / elapsed
+
+
+async def measure(upstream_url: str, gateway_url: str, token: str, gateway_pid: int, args: argparse.Namespace) -> dict:
+    auth = f"authorization: Bearer {token}\r\n"
+    n = args.requests
+    out: dict = {"rss_idle_mb": round(rss_mb(gateway_pid), 1)}
+
+    # RSS over a long run (half distinct bodies, half repeated), after a short warm-up.
+    await run_load(gateway_url, auth, [chat_body(f"warm-{i}") for i in range(2_000)], 32)
+    out["rss_warm_mb"] = round(rss_mb(gateway_pid), 1)
+    bodies = [chat_body(f"rss-{i}" if i % 2 else f"rss-hot-{i % 100}") for i in range(args.rss_requests)]
+    await run_load(gateway_url, auth, bodies, 32)
+    del bodies
+    out["rss_after_long_run_mb"] = round(rss_mb(gateway_pid), 1)
+    out["long_run_requests"] = args.rss_requests
+    out["rss_growth_over_long_run"] = out["rss_after_long_run_mb"] / out["rss_warm_mb"] - 1
+
+    # Added latency at concurrency 1, miss path (every body distinct).
+    await paired_latency(upstream_url, gateway_url, auth, 200)
+    direct, through = await paired_latency(upstream_url, gateway_url, auth, n // 4)
+    out["latency_c1_direct_ms"] = {"p50": pct(direct, .5) * 1e3, "p99": pct(direct, .99) * 1e3}
+    out["latency_c1_gateway_ms"] = {"p50": pct(through, .5) * 1e3, "p99": pct(through, .99) * 1e3}
+    out["added_latency_c1_ms"] = {"p50": (pct(through, .5) - pct(direct, .5)) * 1e3,
+                                  "p99": (pct(through, .99) - pct(direct, .99)) * 1e3}
+
+    # Miss-path throughput at concurrency 32, direct and through the gateway in alternating rounds.
+    rounds = {"direct": [], "gateway": []}
+    for r in range(args.rounds):
+        rounds["direct"].append(await rps(upstream_url, "", [chat_body(f"tp-d{r}-{i}") for i in range(n)], 32))
+        rounds["gateway"].append(await rps(gateway_url, auth, [chat_body(f"tp-g{r}-{i}") for i in range(n)], 32))
+    out["miss_rps_c32_direct"] = statistics.median(rounds["direct"])
+    out["miss_rps_c32_gateway"] = statistics.median(rounds["gateway"])
+    out["miss_ratio_of_direct"] = out["miss_rps_c32_gateway"] / out["miss_rps_c32_direct"]
+
+    # Cache-hit path at concurrency 32: one body, already answered.
+    hit = chat_body("the same question")
+    await run_load(gateway_url, auth, [hit], 1)
+    out["hit_rps_c32_gateway"] = statistics.median([await rps(gateway_url, auth, [hit] * n, 32)
+                                                    for _ in range(args.rounds)])
+
+    # 1,000 identical concurrent requests: the upstream holds the call 300 ms so all of them overlap it.
+    before = await upstream_calls(upstream_url)
+    same = chat_body("coalesce me", {"bench_delay_ms": 300})
+    await run_load(gateway_url, auth, [same] * 1000, 1000)
+    out["identical_1000_upstream_calls"] = await upstream_calls(upstream_url) - before
+    out["rss_end_mb"] = round(rss_mb(gateway_pid), 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="requests per throughput run")
+    parser.add_argument("--rss-requests", type=int, default=100_000, help="requests in the RSS run")
+    parser.add_argument("--cache-max-mb", type=float, default=4.0, help="[gateway] cache_max_mb for the run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per throughput figure")
+    parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.rss_requests, args.rounds = 2_000, 5_000, 1
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        upstream, upstream_url = start_upstream(tmp)
+        gateway = None
+        try:
+            root = write_fleet(tmp, upstream_url, args.cache_max_mb)
+            gateway, info, ready_s = start_gateway(root)
+            time.sleep(0.5)  # let start-up garbage settle before the idle RSS reading
+            result = asyncio.run(measure(upstream_url, info["url"], info["token"], gateway.pid, args))
+            result["start_to_ready_s"] = ready_s
+        finally:
+            for proc in (gateway, upstream):
+                if proc is not None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(10)
+    result.update(python=sys.version.split()[0], cpus=os.cpu_count(), cache_max_mb=args.cache_max_mb)
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else
+                          {kk: round(vv, 3) for kk, vv in v.items()} if isinstance(v, dict) else v)
+                      for k, v in result.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
