@@ -62,6 +62,17 @@ def require_agent(config: Any, name: str | None) -> None:
         raise ConfigError(f"agent {name!r} is not defined; add [agents.{name}] to fleet.toml", key="--agent")
 
 
+def one_shot() -> None:
+    """Turn off the cyclic GC in a short-lived read command.
+
+    Reading 10,000 tasks allocates ~100,000 acyclic objects, and the collector's
+    passes over them cost ~0.1 s of a 0.5 s budget; the process exits right after.
+    """
+    import gc  # noqa: PLC0415
+
+    gc.disable()
+
+
 def print_json(data: Any) -> None:
     """Stable JSON on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
@@ -125,6 +136,7 @@ def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
 
     if state is not None and state not in STATES:
         raise typer.BadParameter(f"{state!r} is not one of {', '.join(STATES)}", param_hint="--state")
+    one_shot()
     rows = [r for r in snapshot(_ctx(ctx, root).config()).rows if state is None or r.state == state]
     if as_json:
         print_json([r.to_json() for r in rows])
@@ -140,6 +152,7 @@ def show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID"
     """Show one task: its definition, state, attempts and last error."""
     from .render import task_detail, task_detail_json  # noqa: PLC0415
 
+    one_shot()
     data = task_detail_json(_ctx(ctx, root).config(), task_id)
     if as_json:
         print_json(data)
@@ -231,6 +244,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False,
     from .status import build_status, print_status, render_status  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
+    if not watch:
+        one_shot()
     if watch:
         import time  # noqa: PLC0415
 
