@@ -31,8 +31,13 @@ PYTHON = sys.executable
 # --- the fake upstream (runs in its own process: ``bench_gateway.py --upstream PORTFILE``) ------
 
 UPSTREAM_CODE = r'''
-import asyncio, json, sys, time
+import asyncio, itertools, json, sys, time
 from aiohttp import web
+from coordinator.backends.prompt_cache import PromptCache
+from coordinator.backends.synthetic import synthesize
+SYNTHETIC = sys.argv[2] == "synthetic"
+cache = PromptCache()
+ids = itertools.count(1)
 
 ANSWER = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok, done."},
@@ -46,7 +51,12 @@ async def chat(request):
     calls["n"] += 1
     if b"bench_delay_ms" in raw:  # lets the coalescing run keep its one call in flight
         await asyncio.sleep(json.loads(raw)["bench_delay_ms"] / 1000)
-    return web.Response(body=BODY, content_type="application/json")
+    if not SYNTHETIC:
+        return web.Response(body=BODY, content_type="application/json")
+    # What any server must do: parse the request and answer it (the echo backend's code).
+    answer = synthesize("openai", request.path, json.loads(raw), False, message_id=f"chatcmpl-{next(ids)}",
+                        cache=cache)
+    return web.Response(status=answer.status, body=answer.body, content_type="application/json")
 
 async def count(request):
     return web.json_response(calls)
@@ -142,9 +152,10 @@ def pct(values: list[float], q: float) -> float:
 
 # --- processes -----------------------------------------------------------------------------
 
-def start_upstream(tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_upstream(tmp: Path, kind: str = "synthetic") -> tuple[subprocess.Popen, str]:
     portfile = tmp / "upstream.port"
-    proc = subprocess.Popen([PYTHON, "-c", UPSTREAM_CODE, str(portfile)])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([PYTHON, "-c", UPSTREAM_CODE, str(portfile), kind], env=env)
     deadline = time.monotonic() + 20
     while not portfile.exists() or not portfile.read_text():
         if time.monotonic() > deadline:
@@ -279,6 +290,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="requests per throughput run")
     parser.add_argument("--rss-requests", type=int, default=100_000, help="requests in the RSS run")
     parser.add_argument("--cache-max-mb", type=float, default=4.0, help="[gateway] cache_max_mb for the run")
+    parser.add_argument("--upstream", choices=("synthetic", "constant"), default="synthetic",
+                        help="synthetic: parses each request and answers it (the echo backend's code); "
+                             "constant: one fixed answer without reading the request")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per throughput figure")
     parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
     args = parser.parse_args()
@@ -286,7 +300,7 @@ def main() -> None:
         args.requests, args.rss_requests, args.rounds = 2_000, 5_000, 1
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        upstream, upstream_url = start_upstream(tmp)
+        upstream, upstream_url = start_upstream(tmp, args.upstream)
         gateway = None
         try:
             root = write_fleet(tmp, upstream_url, args.cache_max_mb)
@@ -299,7 +313,8 @@ def main() -> None:
                 if proc is not None:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(10)
-    result.update(python=sys.version.split()[0], cpus=os.cpu_count(), cache_max_mb=args.cache_max_mb)
+    result.update(python=sys.version.split()[0], cpus=os.cpu_count(), cache_max_mb=args.cache_max_mb,
+                  upstream=args.upstream)
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else
                           {kk: round(vv, 3) for kk, vv in v.items()} if isinstance(v, dict) else v)
                       for k, v in result.items()}, indent=1))

@@ -6,7 +6,10 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import anthropic
 import httpx
@@ -15,6 +18,7 @@ import pytest
 
 from coordinator.config import load_config
 from coordinator.gateway.accounting import STAT_KEYS
+from coordinator.gateway.clock import ManualClock
 from coordinator.gateway.server import start_in_thread
 from coordinator.gateway.tokens import task_token
 from tests.fake_upstream import Reply, await_until, fake_upstream, wait_until  # noqa: F401 - fixture
@@ -177,3 +181,57 @@ def test_no_api_key_reaches_a_state_file_or_a_log_line(start_gateway, fake_upstr
     logged = "\n".join(r.getMessage() + " " + str(r.exc_info or "") for r in caplog.records)
     assert caplog.records and ANTHROPIC_KEY not in logged and OPENAI_KEY not in logged
     assert "SECRET" not in caplog.text
+
+
+def test_openai_streams_are_accounted_without_showing_an_unasked_usage_chunk(start_gateway, fake_upstream) -> None:
+    gw = start_gateway()
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.token, max_retries=0)
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=user("count me"), stream=True))
+    assert all(chunk.choices for chunk in chunks)  # no choices-less usage chunk the client did not ask for
+    assert fake_upstream.calls[-1].json["stream_options"] == {"include_usage": True}
+    stats = gw.gateway.stats()
+    assert stats["output_tokens"] > 0 and stats["input_tokens"] > 0
+    asked = list(client.chat.completions.create(model="gpt-4o-mini", messages=user("and me"), stream=True,
+                                                stream_options={"include_usage": True}))
+    assert asked[-1].usage is not None and asked[-1].usage.completion_tokens > 0
+
+
+def test_an_open_circuit_sends_requests_to_the_fallback_backend(make_fleet, fake_upstream) -> None:
+    clock = ManualClock()
+    toml = fleet_toml(fake_upstream.url, anthropic={"breaker_failures": 1, "max_retries": 0,
+                                                    "fallback": ["spare"]})
+    toml += (f'\n[backends.spare]\nkind = "anthropic"\nbase_url = "{fake_upstream.url}/spare"\n'
+             'max_retries = 0\n')
+    gw = start_in_thread(load_config(make_fleet(toml)), ENV, clock=clock)
+    try:
+        fake_upstream.script(Reply(500))
+        with pytest.raises(anthropic.InternalServerError):
+            _client(gw).messages.create(model=MODEL, max_tokens=8, messages=user("fails"))
+        assert gw.gateway.stats()["backends"]["default"]["breaker"] == "open"
+        # The spare's base_url has a path the fake does not serve: its 404 proves the spare was called.
+        with pytest.raises(anthropic.NotFoundError) as info:
+            _client(gw).messages.create(model=MODEL, max_tokens=8, messages=user("goes to the spare"))
+        assert "backend 'spare'" in info.value.message and len(fake_upstream.calls) == 1
+    finally:
+        gw.stop()
+
+
+def test_coordinator_gateway_process_serves_and_stops_cleanly_on_sigterm(make_fleet, fake_upstream) -> None:
+    root = make_fleet(fleet_toml(fake_upstream.url))
+    code = ("import sys; from coordinator.config import load_config; "
+            "from coordinator.gateway.server import serve_forever; "
+            "serve_forever(load_config(sys.argv[1]), {'ANTHROPIC_API_KEY': 'k', 'OPENAI_API_KEY': 'k'})")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)])
+    state = root / ".coordinator" / "gateway.json"
+    try:
+        wait_until(lambda: state.exists() and json.loads(state.read_text())["pid"] == proc.pid, 20, "gateway.json")
+        info = json.loads(state.read_text())
+        client = anthropic.Anthropic(base_url=info["url"], api_key=info["token"], max_retries=0)
+        assert client.messages.create(model=MODEL, max_tokens=8, messages=user("hi")).content[0].text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not state.exists()
+    assert json.loads((root / ".coordinator" / "gateway-stats.json").read_text())["requests"] == 1
