@@ -238,51 +238,59 @@ async def rps(url: str, headers: str, bodies: list[bytes], concurrency: int) -> 
     return len(bodies) / elapsed
 
 
-async def measure(upstream_url: str, gateway_url: str, token: str, gateway_pid: int, args: argparse.Namespace) -> dict:
-    auth = f"authorization: Bearer {token}\r\n"
-    n = args.requests
-    out: dict = {"rss_idle_mb": round(rss_mb(gateway_pid), 1)}
-
-    # RSS over a long run (half distinct bodies, half repeated), after a warm-up that fills
-    # the response cache to its bound (the memory it is allowed to keep, not growth).
+async def measure_rss(gateway_url: str, auth: str, pid: int, requests: int) -> dict:
+    """RSS idle, after a warm-up that fills the response cache to its bound, and after ``requests`` more."""
+    out: dict = {"rss_idle_mb": round(rss_mb(pid), 1)}
     await run_load(gateway_url, auth, [chat_body(f"warm-{i}") for i in range(10_000)], 32)
-    out["rss_warm_mb"] = round(rss_mb(gateway_pid), 1)
-    bodies = [chat_body(f"rss-{i}" if i % 2 else f"rss-hot-{i % 100}") for i in range(args.rss_requests)]
+    out["rss_warm_mb"] = round(rss_mb(pid), 1)
+    bodies = [chat_body(f"rss-{i}" if i % 2 else f"rss-hot-{i % 100}") for i in range(requests)]  # half distinct
     await run_load(gateway_url, auth, bodies, 32)
-    del bodies
-    out["rss_after_long_run_mb"] = round(rss_mb(gateway_pid), 1)
-    out["long_run_requests"] = args.rss_requests
+    out["rss_after_long_run_mb"] = round(rss_mb(pid), 1)
+    out["long_run_requests"] = requests
     out["rss_growth_over_long_run"] = out["rss_after_long_run_mb"] / out["rss_warm_mb"] - 1
     out["rss_growth_vs_idle"] = out["rss_after_long_run_mb"] / out["rss_idle_mb"] - 1
+    return out
 
-    # Added latency at concurrency 1, miss path (every body distinct).
+
+async def measure_latency(upstream_url: str, gateway_url: str, auth: str, pairs: int) -> dict:
+    """Added latency at concurrency 1 on the miss path (every body distinct)."""
     await paired_latency(upstream_url, gateway_url, auth, 200)
-    direct, through = await paired_latency(upstream_url, gateway_url, auth, n // 4)
-    out["latency_c1_direct_ms"] = {"p50": pct(direct, .5) * 1e3, "p99": pct(direct, .99) * 1e3}
-    out["latency_c1_gateway_ms"] = {"p50": pct(through, .5) * 1e3, "p99": pct(through, .99) * 1e3}
-    out["added_latency_c1_ms"] = {"p50": (pct(through, .5) - pct(direct, .5)) * 1e3,
-                                  "p99": (pct(through, .99) - pct(direct, .99)) * 1e3}
+    direct, through = await paired_latency(upstream_url, gateway_url, auth, pairs)
+    return {"latency_c1_direct_ms": {"p50": pct(direct, .5) * 1e3, "p99": pct(direct, .99) * 1e3},
+            "latency_c1_gateway_ms": {"p50": pct(through, .5) * 1e3, "p99": pct(through, .99) * 1e3},
+            "added_latency_c1_ms": {"p50": (pct(through, .5) - pct(direct, .5)) * 1e3,
+                                    "p99": (pct(through, .99) - pct(direct, .99)) * 1e3}}
 
-    # Miss-path throughput at concurrency 32, direct and through the gateway in alternating rounds.
-    rounds = {"direct": [], "gateway": []}
-    for r in range(args.rounds):
-        rounds["direct"].append(await rps(upstream_url, "", [chat_body(f"tp-d{r}-{i}") for i in range(n)], 32))
-        rounds["gateway"].append(await rps(gateway_url, auth, [chat_body(f"tp-g{r}-{i}") for i in range(n)], 32))
-    out["miss_rps_c32_direct"] = statistics.median(rounds["direct"])
-    out["miss_rps_c32_gateway"] = statistics.median(rounds["gateway"])
-    out["miss_ratio_of_direct"] = out["miss_rps_c32_gateway"] / out["miss_rps_c32_direct"]
 
-    # Cache-hit path at concurrency 32: one body, already answered.
+async def measure_throughput(upstream_url: str, gateway_url: str, auth: str, n: int, rounds: int) -> dict:
+    """Miss path direct vs gateway in alternating rounds, then the cache-hit path; c=32, medians."""
+    direct, gateway = [], []
+    for r in range(rounds):
+        direct.append(await rps(upstream_url, "", [chat_body(f"tp-d{r}-{i}") for i in range(n)], 32))
+        gateway.append(await rps(gateway_url, auth, [chat_body(f"tp-g{r}-{i}") for i in range(n)], 32))
     hit = chat_body("the same question")
     await run_load(gateway_url, auth, [hit], 1)
-    out["hit_rps_c32_gateway"] = statistics.median([await rps(gateway_url, auth, [hit] * n, 32)
-                                                    for _ in range(args.rounds)])
+    hits = [await rps(gateway_url, auth, [hit] * n, 32) for _ in range(rounds)]
+    out = {"miss_rps_c32_direct": statistics.median(direct), "miss_rps_c32_gateway": statistics.median(gateway),
+           "hit_rps_c32_gateway": statistics.median(hits)}
+    out["miss_ratio_of_direct"] = out["miss_rps_c32_gateway"] / out["miss_rps_c32_direct"]
+    return out
 
-    # 1,000 identical concurrent requests: the upstream holds the call 300 ms so all of them overlap it.
+
+async def measure_coalescing(upstream_url: str, gateway_url: str, auth: str) -> int:
+    """Upstream calls for 1,000 identical concurrent requests (the upstream holds the call 300 ms)."""
     before = await upstream_calls(upstream_url)
-    same = chat_body("coalesce me", {"bench_delay_ms": 300})
-    await run_load(gateway_url, auth, [same] * 1000, 1000)
-    out["identical_1000_upstream_calls"] = await upstream_calls(upstream_url) - before
+    await run_load(gateway_url, auth, [chat_body("coalesce me", {"bench_delay_ms": 300})] * 1000, 1000)
+    return await upstream_calls(upstream_url) - before
+
+
+async def measure(upstream_url: str, gateway_url: str, token: str, gateway_pid: int, args: argparse.Namespace) -> dict:
+    """Every figure, RSS first (from idle), then latency, throughput and coalescing."""
+    auth = f"authorization: Bearer {token}\r\n"
+    out = await measure_rss(gateway_url, auth, gateway_pid, args.rss_requests)
+    out.update(await measure_latency(upstream_url, gateway_url, auth, args.requests // 4))
+    out.update(await measure_throughput(upstream_url, gateway_url, auth, args.requests, args.rounds))
+    out["identical_1000_upstream_calls"] = await measure_coalescing(upstream_url, gateway_url, auth)
     out["rss_end_mb"] = round(rss_mb(gateway_pid), 1)
     return out
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import tracemalloc
 
 import pytest
 
@@ -62,6 +64,25 @@ def test_cache_is_bounded_in_bytes_and_evicts_least_recently_used() -> None:
     assert cache.get(b"b") is None and cache.get(b"a") is not None and cache.get(b"d") is not None
     assert cache.bytes <= cache.max_bytes
     assert not cache.put(b"huge", _reply(one * 4)) and cache.get(b"huge") is None
+
+
+def test_the_byte_bound_counts_at_least_the_memory_an_entry_really_takes() -> None:
+    body = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                    "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 25, "completion_tokens": 3}}).encode()
+    cache = ResponseCache(ttl_s=60, max_bytes=1 << 40, clock=ManualClock())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            cache.put(i.to_bytes(16, "big"), Reply(200, {"content-type": "application/json",
+                                                        "x-request-id": f"req_{i:08d}"}, False,
+                                                   body=bytes(body), usage=Usage(25, 3)))
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.bytes >= used
 
 
 # --- flights ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ KEY_HEADERS = ("anthropic-version", "anthropic-beta")
 _IGNORED_FIELDS = ("stream", "metadata")
 # Per-entry bookkeeping beyond the payload (dict slot, dataclass, list), so the byte
 # bound tracks real memory rather than payload alone.
-ENTRY_OVERHEAD = 512
+ENTRY_OVERHEAD = 640
 
 
 def dedup_key(path: str, backend: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> bytes:

@@ -218,13 +218,13 @@ class Proxy:
         else:
             await flight.wait_done()
         if flight.error is not None and not flight.started:
-            return _error(api, from_exception(flight.error))
+            return _error(api, from_exception(flight.error), how)
         if flight.reply is not None and how == "joined":
             self._count_shared(api, who, how, flight.reply, route)
         if flight.reply is not None:
             return _respond(api, flight.reply, stream, body, how)
         if not stream:  # a non-streaming client of a stream that broke part-way
-            return _error(api, from_exception(flight.error or RuntimeError("stream failed")))
+            return _error(api, from_exception(flight.error or RuntimeError("stream failed")), how)
         return await _relay(request, flight, how)
 
     def _count_shared(self, api: str, who: Who, how: str, reply: Reply, route: Route) -> None:
@@ -257,9 +257,9 @@ def _estimate_tokens(request: web.Request) -> int:
     return (request.content_length or 0) // CHARS_PER_TOKEN
 
 
-def _error(api: str, error: ApiError) -> web.Response:
-    return web.Response(status=error.status, body=error.render(api), content_type=JSON_TYPE,
-                        headers=error.headers)
+def _error(api: str, error: ApiError, how: str | None = None) -> web.Response:
+    headers = {**error.headers, "x-coordinator-dedup": how} if how else error.headers
+    return web.Response(status=error.status, body=error.render(api), content_type=JSON_TYPE, headers=headers)
 
 
 def _respond(api: str, reply: Reply, stream: bool, body: dict[str, Any], how: str) -> web.Response:
