@@ -6,9 +6,13 @@ import json
 
 import anthropic
 import httpx
-import httpx2
 import openai
 import pytest
+
+try:  # the anthropic SDK 2.x runs on httpx2; older ones on httpx
+    import httpx2 as anthropic_http
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    anthropic_http = httpx
 
 from coordinator.backends.prompt_cache import PromptCache
 from coordinator.backends.synthetic import synthesize
@@ -86,7 +90,7 @@ def _sdk_stream(api: str, events: list[bytes]) -> object:
     """Feed events to the real SDK's streaming parser through a mock transport."""
     payload = b"".join(events)
     # The anthropic SDK runs on httpx2, the openai SDK on httpx: each gets a mock of its own kind.
-    lib = httpx2 if api == "anthropic" else httpx
+    lib = anthropic_http if api == "anthropic" else httpx
 
     def handler(request: object) -> object:
         return lib.Response(200, content=payload, headers={"content-type": "text/event-stream"})
