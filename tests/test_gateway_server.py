@@ -235,3 +235,20 @@ def test_coordinator_gateway_process_serves_and_stops_cleanly_on_sigterm(make_fl
             proc.kill()
     assert not state.exists()
     assert json.loads((root / ".coordinator" / "gateway-stats.json").read_text())["requests"] == 1
+
+
+def test_the_rpm_bucket_paces_requests_through_the_gateway(start_gateway, fake_upstream) -> None:
+    clock = ManualClock()
+    gw = start_gateway(clock=clock, anthropic={"rpm": 60})
+    started = clock.now()
+
+    async def main() -> None:
+        client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.token, max_retries=0)
+        await asyncio.gather(*[client.messages.create(model=MODEL, max_tokens=8, messages=user(f"r{i}"))
+                               for i in range(10)])
+        await client.close()
+
+    asyncio.run(main())
+    assert len(fake_upstream.calls) == 10
+    # 60 rpm with one second of burst: ten calls need at least nine seconds of (virtual) time.
+    assert clock.now() - started >= 9.0 - 1e-6

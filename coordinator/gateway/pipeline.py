@@ -217,7 +217,7 @@ class Pipeline:
             await response.aclose()
         if not scanner.complete:
             raise self._stream_error(flight, None, "stream ended before its last event")
-        return Reply(response.status, flight.headers, True, events=list(flight.events),
+        return Reply(response.status, flight.headers, True, events=flight.events,  # complete: shared, not copied
                      usage=scanner.usage)
 
     def _forward(self, flight: Flight, call: Call, scanner: StreamScanner, chunk: bytes) -> None:
