@@ -82,6 +82,8 @@ def test_200_identical_streaming_requests_make_one_call_and_every_client_gets_ev
     text = "".join(json.loads(d)["delta"].get("text", "") for n, d in events if n == "content_block_delta")
     assert text == EXPECTED_TEXT
     assert sorted(how for how, _ in results).count("miss") == 1
+    stats = gw.gateway.stats()
+    assert stats["upstream_calls"] == 1 and stats["dedup_joined"] == N - 1 and stats["usd_saved"] > 0
 
 
 def _mixed(start_gateway, fake_upstream, leader_streams: bool) -> None:

@@ -98,7 +98,6 @@ class Proxy:
         self.cache = cache
         self.flights = FlightTable()
         self.pending = 0
-        self._tasks: set[asyncio.Task] = set()
         self._claims: dict[str, TokenClaims | None] = {}
 
     def authenticate(self, request: web.Request) -> TokenClaims | None:
@@ -152,10 +151,11 @@ class Proxy:
                      claims: TokenClaims) -> web.StreamResponse:
         path = request.path
         stream = body.get("stream") is True and not path.endswith("/count_tokens")
-        use_dedup = self.config.gateway.dedup and request.headers.get("x-coordinator-cache", "") != "no-store"
+        no_store = request.headers.get("x-coordinator-cache", "").strip().lower() == "no-store"
+        use_dedup = self.config.gateway.dedup and not no_store
         key = dedup_key(path, route.chain[0].name, request.headers, body) if use_dedup else None
         if key is not None and (reply := self.cache.get(key)) is not None:
-            self._count_shared(api, who, "hit", reply, route)
+            self.ledger.record_shared(who, "hit", reply.usage, route.price)
             return _respond(api, reply, stream, body, "hit")
         flight = self.flights.get(key) if key is not None else None
         how = "joined"
@@ -219,16 +219,15 @@ class Proxy:
             await flight.wait_done()
         if flight.error is not None and not flight.started:
             return _error(api, from_exception(flight.error), how)
-        if flight.reply is not None and how == "joined":
-            self._count_shared(api, who, how, flight.reply, route)
         if flight.reply is not None:
-            return _respond(api, flight.reply, stream, body, how)
-        if not stream:  # a non-streaming client of a stream that broke part-way
+            response: web.StreamResponse = _respond(api, flight.reply, stream, body, how)
+        elif not stream:  # a non-streaming client of a stream that broke part-way
             return _error(api, from_exception(flight.error or RuntimeError("stream failed")), how)
-        return await _relay(request, flight, how)
-
-    def _count_shared(self, api: str, who: Who, how: str, reply: Reply, route: Route) -> None:
-        self.ledger.record_shared(who, how, reply.usage, route.price)
+        else:
+            response = await _relay(request, flight, how)
+        if how == "joined" and flight.reply is not None:  # served in full by someone else's call
+            self.ledger.record_shared(who, how, flight.reply.usage, route.price)
+        return response
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
