@@ -24,7 +24,7 @@ from .accounting import Ledger, Price, Usage, Who, usage_from_body_bytes
 from .apierrors import from_exception
 from .breaker import CircuitBreaker
 from .clock import REAL_CLOCK, Clock
-from .context_cache import WarmupBarrier
+from .context_cache import WarmupBarrier, pick_base_url
 from .dedup import Flight, Reply
 from .limits import Limiter
 from .metrics import GatewayMetrics
@@ -40,6 +40,10 @@ _DROP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", 
 
 class StreamBrokenError(BackendError):
     """A stream failed after its first events reached clients; not retryable."""
+
+    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+        self.usage = usage or Usage()  # what the provider reported before the break (it bills that)
+        super().__init__(message)
 
 
 class Upstream:
@@ -78,7 +82,7 @@ class Call:
     price: Price
     chain: list[Upstream]  # the routed backend, then its usable fallbacks
     input_estimate: int = 0
-    base_url: str | None = None
+    prefix_key: bytes = b""  # picks the server among several base_urls (per backend of the chain)
     strip_usage_chunk: bool = False
     barrier_key: bytes | None = None
     warmer: bool = field(default=False, repr=False)
@@ -120,6 +124,8 @@ class Pipeline:
             log.exception("gateway: unexpected error in a flight to %s", call.chain[0].name)
         else:
             log.warning("gateway: %s %s failed: %s", call.chain[0].name, call.path, exc)
+        if isinstance(exc, StreamBrokenError):
+            self._bill(call, exc.usage)
         if flight.started:
             flight.push(from_exception(exc).event(call.api))
         flight.fail(exc)
@@ -162,7 +168,8 @@ class Pipeline:
 
     async def _send(self, upstream: Upstream, flight: Flight, call: Call) -> Reply:
         request = UpstreamRequest(api=call.api, path=call.path, body=call.body, stream=call.stream,  # type: ignore[arg-type]
-                                  headers=call.headers, query=call.query, base_url=call.base_url)
+                                  headers=call.headers, query=call.query,
+                                  base_url=pick_base_url(upstream.config.base_urls, call.prefix_key))
         started = self.clock.now()
         outcome = "error"
         try:
@@ -211,12 +218,12 @@ class Pipeline:
                 except StopAsyncIteration:
                     break
                 except (RetryableError, TimeoutError, ConnectionError) as exc:
-                    raise self._stream_error(flight, exc, "stream broke") from exc
+                    raise self._stream_error(flight, scanner, exc, "stream broke") from exc
                 self._forward(flight, call, scanner, chunk)
         finally:
             await response.aclose()
         if not scanner.complete:
-            raise self._stream_error(flight, None, "stream ended before its last event")
+            raise self._stream_error(flight, scanner, None, "stream ended before its last event")
         return Reply(response.status, flight.headers, True, events=flight.events,  # complete: shared, not copied
                      usage=scanner.usage)
 
@@ -235,10 +242,10 @@ class Pipeline:
             self._release_barrier(call, warmed=True)
 
     @staticmethod
-    def _stream_error(flight: Flight, exc: BaseException | None, what: str) -> BackendError:
+    def _stream_error(flight: Flight, scanner: StreamScanner, exc: BaseException | None, what: str) -> BackendError:
         detail = f"{what}: {exc}" if exc is not None else what
         if flight.events:
-            return StreamBrokenError(f"upstream {detail}")
+            return StreamBrokenError(f"upstream {detail}", usage=scanner.usage)
         retry_after = exc.retry_after_s if isinstance(exc, RetryableError) else None
         return RetryableError(f"upstream {detail}", status=502, retry_after_s=retry_after)
 

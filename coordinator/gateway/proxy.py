@@ -20,7 +20,7 @@ from aiohttp import web
 from ..config import FleetConfig, ModelAlias
 from .accounting import Ledger, Price, Who, price_for
 from .apierrors import ApiError, from_exception
-from .context_cache import MIN_PREFIX_TOKENS, CHARS_PER_TOKEN, add_breakpoints, pick_base_url, shared_prefix
+from .context_cache import CHARS_PER_TOKEN, MIN_PREFIX_TOKENS, add_breakpoints, shared_prefix
 from .dedup import Flight, FlightTable, Reply, ResponseCache, dedup_key
 from .metrics import GatewayMetrics
 from .pipeline import Call, Pipeline, Upstream
@@ -198,17 +198,16 @@ class Proxy:
         auto = self.config.gateway.context_cache == "auto"
         if api == "anthropic" and is_messages and auto:
             upstream_body = add_breakpoints(upstream_body)
-        base_urls = route.chain[0].config.base_urls
         # The prefix hash costs a JSON dump: skip it when no barrier or routing could use it.
         big_enough = _estimate_tokens(request) >= MIN_PREFIX_TOKENS
-        prefix_key, prefix_tokens = (shared_prefix(api, upstream_body) if big_enough or len(base_urls) > 1
-                                     else (b"", 0))
+        routed = any(len(upstream.config.base_urls) > 1 for upstream in route.chain)
+        prefix_key, prefix_tokens = shared_prefix(api, upstream_body) if big_enough or routed else (b"", 0)
         use_barrier = auto and (is_messages or api == "openai") and prefix_tokens >= MIN_PREFIX_TOKENS
         return Call(api=api, path=request.path, body=upstream_body, stream=stream,
                     headers=_forwarded_headers(request.headers),
                     query=request.query_string, priority=_priority(request, claims), who=who, price=route.price,
                     chain=route.chain, input_estimate=_estimate_tokens(request),
-                    base_url=pick_base_url(base_urls, prefix_key), strip_usage_chunk=strip_usage,
+                    prefix_key=prefix_key, strip_usage_chunk=strip_usage,
                     barrier_key=prefix_key if use_barrier else None)
 
     async def _answer(self, request: web.Request, api: str, flight: Flight, stream: bool, body: dict[str, Any],
