@@ -203,3 +203,16 @@ def test_cancelled_waiter_leaves_the_queue_without_leaking_a_slot() -> None:
         assert limiter.active == 0 and limiter.waiting == 0
 
     asyncio.run(main())
+
+
+def test_public_names_resolve_and_tokens_import_without_the_server_stack() -> None:
+    import subprocess
+    import sys
+
+    import coordinator.gateway as gateway
+
+    assert all(callable(getattr(gateway, name)) for name in gateway.__all__)
+    code = ("import sys, coordinator.gateway.tokens; "
+            "print(sorted(m for m in ('aiohttp', 'prometheus_client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -4,14 +4,24 @@ Modules, one concept each: ``server`` (lifecycle, endpoints), ``proxy`` (the req
 path: auth, routing, admission, dedup), ``pipeline`` (the upstream half: warm-up
 barrier, limits, breaker, retry), ``dedup`` (flights, response cache, stream tee),
 ``context_cache``, ``limits``, ``breaker``, ``retry``, ``accounting``, ``sse``,
-``apierrors``, ``tokens``, ``metrics``, ``clock``. Nothing here is imported by
-``coordinator`` at start-up; import what you use.
+``apierrors``, ``tokens``, ``metrics``, ``clock``.
+
+The names below load on first use: an agent that only mints task tokens
+(``coordinator.gateway.tokens``) must not pay for aiohttp and prometheus-client.
 """
 
 from __future__ import annotations
 
-from .server import Gateway, GatewayHandle, serve_forever, start_in_thread
-from .tokens import TokenClaims, new_fleet_token, read_token, task_token
+from importlib import import_module
+from typing import Any
 
-__all__ = ["Gateway", "GatewayHandle", "TokenClaims", "new_fleet_token", "read_token", "serve_forever",
-           "start_in_thread", "task_token"]
+_HOMES = {"Gateway": "server", "GatewayHandle": "server", "serve_forever": "server", "start_in_thread": "server",
+          "TokenClaims": "tokens", "new_fleet_token": "tokens", "read_token": "tokens", "task_token": "tokens"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)
