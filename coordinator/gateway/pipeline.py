@@ -41,8 +41,9 @@ _DROP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", 
 class StreamBrokenError(BackendError):
     """A stream failed after its first events reached clients; not retryable."""
 
-    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+    def __init__(self, message: str, *, usage: Usage | None = None, reported: bool = False) -> None:
         self.usage = usage or Usage()  # what the provider reported before the break (it bills that)
+        self.reported = reported  # the upstream's own error event already reached the clients
         super().__init__(message)
 
 
@@ -126,7 +127,7 @@ class Pipeline:
             log.warning("gateway: %s %s failed: %s", call.chain[0].name, call.path, exc)
         if isinstance(exc, StreamBrokenError):
             self._bill(call, exc.usage)
-        if flight.started:
+        if flight.started and not getattr(exc, "reported", False):
             flight.push(from_exception(exc).event(call.api))
         flight.fail(exc)
 
@@ -244,8 +245,10 @@ class Pipeline:
     @staticmethod
     def _stream_error(flight: Flight, scanner: StreamScanner, exc: BaseException | None, what: str) -> BackendError:
         detail = f"{what}: {exc}" if exc is not None else what
+        if scanner.error is not None:
+            detail = f"sent an error part-way: {scanner.error.get('message', scanner.error)}"
         if flight.events:
-            return StreamBrokenError(f"upstream {detail}", usage=scanner.usage)
+            return StreamBrokenError(f"upstream {detail}", usage=scanner.usage, reported=scanner.error is not None)
         retry_after = exc.retry_after_s if isinstance(exc, RetryableError) else None
         return RetryableError(f"upstream {detail}", status=502, retry_after_s=retry_after)
 
