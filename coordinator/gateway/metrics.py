@@ -30,6 +30,7 @@ class _LedgerCollector(Collector):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[CounterMetricFamily]:
+        """One family per ledger total, plus tokens by model and kind."""
         data = self.snapshot()
         for key, doc in _LEDGER_COUNTERS:
             yield CounterMetricFamily(f"coordinator_gateway_{key}", doc, value=data.get(key, 0))
