@@ -158,7 +158,7 @@ def test_a_late_streaming_joiner_replays_the_events_so_far_then_follows_live(mak
     root = make_fleet("[backends.default]\nkind = \"echo\"\nlatency_ms = 0\nms_per_token = 40\n")
     gw = start_in_thread(load_config(root), {})
     body = {"model": "claude-sonnet-4-6", "max_tokens": 400, "stream": True,
-            "messages": user("one two three four five six seven eight nine ten eleven twelve")}
+            "messages": user(" ".join(f"w{i}" for i in range(40)))}  # ~40 deltas: 1.6 s of stream
     try:
         async def main() -> list:
             async with httpx.AsyncClient(timeout=30) as client:

@@ -79,23 +79,31 @@ def test_openai_stream_cut_midway_raises_in_the_openai_sdk(start_gateway, fake_u
 
 
 def test_a_final_error_reaches_every_waiter_and_is_not_cached(start_gateway, fake_upstream) -> None:
-    # The first attempt hangs until timeout_s, which keeps the flight open while 20 clients join;
-    # the two retries fail too, so every waiter must get the same final error.
-    gw = start_gateway(anthropic={"timeout_s": 1.0, "max_retries": 2})
-    fake_upstream.script(Hang(), Reply(500), Reply(500))
+    # One concurrency slot, held by a gated "blocker" call: the 20 identical requests join one
+    # flight that waits for the slot, so all of them are waiting before any attempt is made.
+    gw = start_gateway(clock=ManualClock(), anthropic={"max_concurrency": 1, "max_retries": 2})
+    fake_upstream.gate.close()
 
     async def main() -> list:
         client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=gw.token, max_retries=0, timeout=20)
-        tasks = [client.messages.create(model=MODEL, max_tokens=32, messages=user("hello")) for _ in range(20)]
+        blocker = asyncio.create_task(client.messages.create(model=MODEL, max_tokens=32, messages=user("blocker")))
+        await await_until(lambda: fake_upstream.held == 1, 10, "the blocker at the upstream")
+        tasks = [asyncio.create_task(client.messages.create(model=MODEL, max_tokens=32, messages=user("hello")))
+                 for _ in range(20)]
+        await await_until(lambda: gw.gateway.proxy.pending == 21, 10, "20 waiters behind the blocker")
+        fake_upstream.script(Reply(500), Reply(503), Reply(500))
+        fake_upstream.gate.open()
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert (await blocker).content[0].text == "reply to: blocker"
         await client.close()
         return results
 
     results = asyncio.run(main())
     assert all(isinstance(r, anthropic.InternalServerError) for r in results), results
     assert {r.body["error"]["type"] for r in results} == {"api_error"}
-    assert len(fake_upstream.calls) == 3
-    assert _ask(gw).content[0].text == EXPECTED and len(fake_upstream.calls) == 4
+    assert len(fake_upstream.calls) == 4  # the blocker, then one flight's three attempts
+    assert gw.gateway.stats()["dedup_joined"] == 0  # failures are not counted as served
+    assert _ask(gw).content[0].text == EXPECTED and len(fake_upstream.calls) == 5  # not cached
 
 
 def test_fatal_upstream_errors_pass_through_in_the_api_format_without_retry(start_gateway, fake_upstream) -> None:
