@@ -207,7 +207,10 @@ def gateway(ctx: typer.Context, port: Annotated[int | None, typer.Option(
     """Serve the shared inference gateway until Ctrl-C; writes .coordinator/gateway.json."""
     from .gateway.server import serve_forever  # noqa: PLC0415
 
-    serve_forever(_ctx(ctx, root).config(), dict(os.environ), port=port)
+    config = _ctx(ctx, root).config()
+    serve_forever(config, dict(os.environ), port=port,
+                  on_ready=lambda gw: typer.echo(f"gateway listening on {gw.url} "
+                                                 f"(url and token in {config.state_dir / 'gateway.json'})"))
 
 
 @app.command()
