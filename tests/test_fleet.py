@@ -252,3 +252,23 @@ def test_a_hung_agent_is_killed_and_replaced(make_fleet) -> None:
     assert hung and hung[0]["pid"] == held[0]["pid"]
     rec = record(root, "t0000")
     assert rec["state"] == "done" and rec["attempts"] == 2
+
+
+def test_watch_mode_picks_up_task_files_dropped_while_running(make_fleet) -> None:
+    root = make_fleet()
+    write_ledger_fleet(root, heartbeat_s=0.2)
+    write_tasks(root, 1, prefix="first")
+    run = start_run(root, "-n", "2", "--watch", "--no-dashboard")
+    try:
+        wait_for(lambda: (root / ".coordinator" / "records" / "first0000.json").exists()
+                 and record(root, "first0000")["state"] == "done", what="the first task done")
+        write_tasks(root, 3, prefix="later")  # dropped into tasks/ while the fleet runs
+        wait_for(lambda: all((root / ".coordinator" / "records" / f"later{n:04d}.json").exists()
+                             and record(root, f"later{n:04d}")["state"] == "done" for n in range(3)),
+                 what="the dropped tasks done")
+        assert run.poll() is None, "--watch keeps running when the queue is empty"
+        os.kill(run.pid, signal.SIGTERM)
+        assert run.wait(timeout=30) == 143
+    finally:
+        stop(run)
+    assert claims(root) == []
