@@ -87,11 +87,8 @@ def kill_runner(claim: Claim) -> None:
 
 def stale_reason(claim: Claim, now: float) -> str | None:
     """Why ``claim`` is stale ("dead", "reused", "expired"), or None if it is live."""
-    if claim.host == HOST:
-        if not psutil.pid_exists(claim.pid):
-            return "dead"
-        if not process_is_alive(claim.pid, claim.pid_started_at):
-            return "dead"
+    if claim.host == HOST and not process_is_alive(claim.pid, claim.pid_started_at):
+        return "dead"  # gone, a zombie, or the pid reused by another process
     if now - claim.renewed_at > claim.lease_s:
         return "expired"
     return None

@@ -13,7 +13,8 @@ from .claims import HOST, process_is_alive
 from .config import FleetConfig
 from .errors import ConfigError, TaskError
 from .store import FileStore, Record
-from .tasks import PRIORITY_NAMES, load_tasks
+from .taskcache import load_cached
+from .tasks import PRIORITY_NAMES
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -42,7 +43,7 @@ def add_task(config: FleetConfig, prompt: str, *, task_id: str | None = None, pr
 
     if not prompt.strip():
         raise ConfigError("the prompt is empty; say what the task should do", key="PROMPT")
-    existing = load_tasks(config).tasks
+    existing = load_cached(config).tasks
     if task_id is not None:
         if not ID_PATTERN.match(task_id):
             raise ConfigError("ids are 1-128 of A-Z a-z 0-9 . _ - and start with a letter or digit",
@@ -61,7 +62,14 @@ def add_task(config: FleetConfig, prompt: str, *, task_id: str | None = None, pr
     if agent:
         data["agent"] = agent
     text = tomli_w.dumps(data)  # the file stem is the id, so the file needs no id key
-    config.tasks_dir.mkdir(parents=True, exist_ok=True)
+    if config.tasks_dir.exists() and not config.tasks_dir.is_dir():
+        raise ConfigError(f"{config.tasks_dir} is a file, not the tasks folder; move it away or set "
+                          "[fleet] tasks_dir", key="fleet.tasks_dir")
+    try:
+        config.tasks_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file named like the folder, or no permission
+        raise ConfigError(f"cannot use {config.tasks_dir} as the tasks folder ({exc.strerror}); "
+                          "make it a writable folder", key="fleet.tasks_dir") from exc
     base = task_id or slug_id(prompt)
     names = [base] if task_id else [base] + [f"{base}-{n}" for n in range(2, 1000)]
     for name in names:
@@ -119,6 +127,6 @@ def cancel_task(config: FleetConfig, task_id: str) -> Record:
 
 
 def _require_task(config: FleetConfig, task_id: str) -> None:
-    taskset = load_tasks(config)
+    taskset = load_cached(config)
     if task_id not in taskset.tasks:
         raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)

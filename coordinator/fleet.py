@@ -176,9 +176,9 @@ class Supervisor:
         self.on_tick(self)
 
     def _max_attempts(self, task_id: str) -> int:
-        from .tasks import load_tasks  # noqa: PLC0415  (rare: only when a claim is stale)
+        from .taskcache import load_cached  # noqa: PLC0415  (rare: only when a claim is stale)
 
-        task = load_tasks(self.config).tasks.get(task_id)
+        task = load_cached(self.config).tasks.get(task_id)
         return task.max_attempts if task else 1
 
     def agent_pids(self) -> dict[str, int | None]:

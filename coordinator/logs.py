@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import FleetConfig
 from .errors import TaskError
 from .store import FileStore
-from .tasks import load_tasks
+from .taskcache import load_cached
 
 FOLLOW_POLL_S = 0.1
 
@@ -27,7 +27,7 @@ def show_log(config: FleetConfig, task_id: str, *, follow: bool, stream: str = "
     """Copy the log to stdout; with ``follow``, keep going while the task is pending or running."""
     store = FileStore(config.state_dir)
     if not run_dirs(store, task_id) and store.read_record(task_id) is None \
-            and task_id not in load_tasks(config).tasks:
+            and task_id not in load_cached(config).tasks:
         # Checked only when there is nothing to show, so a typo fails fast instead of following forever.
         raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)
     if not follow:

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .config import FleetConfig
-from .tasks import TaskIndex, no_gc
+from .tasks import TaskIndex, TaskSet, no_gc
 
 FORMAT = 1
 
@@ -50,6 +50,14 @@ def open_index(config: FleetConfig) -> TaskIndex:
     if key == cache_key(config) and isinstance(files, dict):
         index.prime(files, taskset)
     return index
+
+
+def load_cached(config: FleetConfig) -> TaskSet:
+    """The fleet's tasks through the cache: re-parses only changed files, then saves."""
+    index = open_index(config)
+    taskset = index.refresh()
+    save_index(config, index)
+    return taskset
 
 
 def save_index(config: FleetConfig, index: TaskIndex) -> None:

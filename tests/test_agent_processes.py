@@ -109,7 +109,7 @@ def test_claim_with_reused_pid_is_reclaimed_without_lease_wait(make_fleet) -> No
     ledger = write_ledger_fleet(root, lease_s=600)
     write_tasks(root, 1)
     store = FileStore(root / ".coordinator")
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         started = psutil.Process(live.pid).create_time()
         now = psutil.time.time()

@@ -594,7 +594,7 @@ def test_subprocess_cancel_of_a_running_task_kills_its_runner_at_once(make_fleet
         command = ["true"]
         [agents.slow]
         kind = "command"
-        command = ["{sys.executable}", "-c", "import time; time.sleep(60)"]
+        command = ["{sys.executable}", "-c", "import signal; signal.pause()"]
     """, {"long.toml": 'prompt = "sleep"\nagent = "slow"\npriority = 0\n',
           "after.toml": 'prompt = "next"\npriority = 1\n'})
     agent = start_agent(root, "worker", "--until-empty")
@@ -682,3 +682,13 @@ def test_subprocess_usage_errors_are_one_line(make_fleet, args: tuple[str, ...],
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert "Traceback" not in result.stderr and "╭" not in result.stderr
+
+
+def test_subprocess_add_into_a_tasks_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "fleet"
+    root.mkdir()
+    (root / "tasks").write_text("not a folder")
+    result = run_cli(root, "add", "hello")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "not the tasks folder" in result.stderr
+    assert (root / "tasks").read_text() == "not a folder", "nothing the user wrote is touched"
