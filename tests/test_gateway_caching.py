@@ -10,7 +10,7 @@ import pytest
 
 from coordinator.config import ModelAlias
 from coordinator.gateway.accounting import Ledger, Usage, Who, price_for
-from coordinator.gateway.clock import ManualClock
+from coordinator.clock import ManualClock
 from coordinator.gateway.context_cache import (MAX_BREAKPOINTS, WarmupBarrier, add_breakpoints, count_breakpoints,
                                                pick_base_url, shared_prefix)
 from coordinator.gateway.dedup import Flight, FlightTable, Reply, ResponseCache, dedup_key

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from coordinator.gateway.clock import ManualClock
+from coordinator.clock import ManualClock
 from tests.fake_upstream import (CutStream, Hang, Malformed, Reply, Reset, await_until,  # noqa: F401
                                  fake_upstream, wait_until)
 from tests.gateway_support import start_gateway, user  # noqa: F401 - fixture

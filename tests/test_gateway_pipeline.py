@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from coordinator.backends.base import Backend, UpstreamRequest, UpstreamResponse
 from coordinator.config import BackendConfig, FleetConfig
 from coordinator.gateway.accounting import Ledger, Who, price_for
-from coordinator.gateway.clock import ManualClock
+from coordinator.clock import ManualClock
 from coordinator.gateway.context_cache import WarmupBarrier
 from coordinator.gateway.dedup import Flight
 from coordinator.gateway.metrics import GatewayMetrics

@@ -9,7 +9,7 @@ import pytest
 from coordinator.config import BackendConfig
 from coordinator.errors import CircuitOpenError, FatalBackendError, RetryableError
 from coordinator.gateway.breaker import CircuitBreaker
-from coordinator.gateway.clock import ManualClock
+from coordinator.clock import ManualClock
 from coordinator.gateway.limits import Limiter
 from coordinator.gateway.retry import RetryPolicy, retry_call
 from coordinator.gateway.tokens import new_fleet_token, read_token, task_token

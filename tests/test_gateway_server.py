@@ -18,7 +18,7 @@ import pytest
 
 from coordinator.config import load_config
 from coordinator.gateway.accounting import STAT_KEYS
-from coordinator.gateway.clock import ManualClock
+from coordinator.clock import ManualClock
 from coordinator.gateway.server import start_in_thread
 from coordinator.gateway.tokens import task_token
 from tests.fake_upstream import Reply, await_until, fake_upstream, wait_until  # noqa: F401 - fixture

@@ -10,7 +10,7 @@ caller was cancelled) frees the probe slot for the next caller.
 from __future__ import annotations
 
 from ..errors import CircuitOpenError
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 

@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 
 EPHEMERAL = {"type": "ephemeral"}
 MAX_BREAKPOINTS = 4

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .accounting import Usage
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 
 KEY_HEADERS = ("anthropic-version", "anthropic-beta")
 _IGNORED_FIELDS = ("stream", "metadata")

@@ -21,7 +21,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from ..config import BackendConfig
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 
 BURST_S = 1.0
 

@@ -23,7 +23,7 @@ from ..errors import BackendError, CircuitOpenError, FatalBackendError, Retryabl
 from .accounting import Ledger, Price, Usage, Who, usage_from_body_bytes
 from .apierrors import from_exception
 from .breaker import CircuitBreaker
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 from .context_cache import WarmupBarrier, pick_base_url
 from .dedup import Flight, Reply
 from .limits import Limiter

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from ..config import BackendConfig
 from ..errors import RetryableError
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 
 T = TypeVar("T")
 

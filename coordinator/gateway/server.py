@@ -30,7 +30,7 @@ from ..backends.base import Backend
 from ..config import FleetConfig
 from .accounting import Ledger, empty_stats
 from .apierrors import ApiError
-from .clock import REAL_CLOCK, Clock
+from ..clock import REAL_CLOCK, Clock
 from .context_cache import WarmupBarrier
 from .dedup import ResponseCache
 from .metrics import BREAKER_VALUES, GatewayMetrics
