@@ -1,7 +1,11 @@
 """coordinator: run a fleet of LLM agents over a queue of TOML tasks, through one shared gateway.
 
-The public API is the names in ``__all__``; they are resolved lazily so that
-``import coordinator`` (which every CLI start-up does) costs nothing.
+The public API is the extension points in ``__all__``: a backend (``Backend``), a
+runner (``Runner``, with ``RunContext`` and ``RunResult``), a store (``Store``,
+``open_store``, ``Claim``, ``Record``), the task model (``Task``, ``State``), the
+task operations (``add_task``, ``retry_task``, ``cancel_task``), the config, and the
+errors. Names resolve lazily, so ``import coordinator`` (which every CLI start-up
+does) costs nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +15,11 @@ from typing import Any
 
 _WHERE = {
     "FleetConfig": "config", "load_config": "config",
-    "Task": "tasks", "TaskSet": "tasks", "load_tasks": "tasks",
-    "Store": "store", "FileStore": "store", "Claim": "store", "Record": "store",
-    "ClaimBook": "claims", "Holder": "claims",
-    "Agent": "agent",
-    "Gateway": "gateway.server", "start_in_thread": "gateway.server",
-    "build_status": "status",
+    "Task": "tasks", "State": "tasks", "TaskSet": "tasks", "load_tasks": "tasks",
+    "Store": "store", "open_store": "store", "Claim": "store", "Record": "store",
+    "add_task": "queue.ops", "retry_task": "queue.ops", "cancel_task": "queue.ops",
+    "Backend": "backends.base",
+    "Runner": "runners", "RunContext": "runners", "RunResult": "runners",
     "CoordinatorError": "errors", "ConfigError": "errors", "TaskError": "errors", "ClaimLostError": "errors",
     "BudgetError": "errors", "BackendError": "errors",
 }

@@ -23,6 +23,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 RootOpt = Annotated[Path | None, typer.Option("-C", "--root", help="Fleet root (folder of fleet.toml). "
                                               "Default: $COORDINATOR_ROOT, else the current folder.",
                                               show_default=False)]
+WATCH_EVERY_S = 1.0
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output with stable keys.")]
 
 
@@ -55,11 +56,9 @@ def _ctx(ctx: typer.Context, root: Path | None) -> Context:
 
 
 def require_agent(config: Any, name: str | None) -> None:
-    """``--agent NAME`` must name an ``[agents.NAME]`` table."""
-    if name is not None and name not in config.agents:
-        from .errors import ConfigError  # noqa: PLC0415
-
-        raise ConfigError(f"agent {name!r} is not defined; add [agents.{name}] to fleet.toml", key="--agent")
+    """``--agent NAME``, when given, must name an ``[agents.NAME]`` table."""
+    if name is not None:
+        config.agent_named(name, key="--agent")
 
 
 def one_shot() -> None:
@@ -104,7 +103,7 @@ def validate(ctx: typer.Context, paths: Annotated[list[Path] | None, typer.Argum
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of a task file (for editors)."""
-    from .tasks import task_json_schema  # noqa: PLC0415
+    from .tasks.schema import task_json_schema  # noqa: PLC0415
 
     print_json(task_json_schema())
 
@@ -119,7 +118,8 @@ def add(ctx: typer.Context, prompt: Annotated[str, typer.Argument(help="What the
         agent: Annotated[str | None, typer.Option(help="An [agents.NAME] from fleet.toml.")] = None,
         root: RootOpt = None) -> None:
     """Write a new task file into tasks/ (atomically; never overwrites)."""
-    from .control import add_task, parse_priority  # noqa: PLC0415
+    from .queue.ops import add_task  # noqa: PLC0415
+    from .tasks import parse_priority  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     path = add_task(config, prompt, task_id=task_id, priority=parse_priority(priority),
@@ -132,7 +132,7 @@ def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
         help="Only tasks in this state: pending, blocked, running, done, failed, cancelled.")] = None,
         as_json: JsonOpt = False, root: RootOpt = None) -> None:
     """List tasks in priority order with their state."""
-    from .report import STATES, snapshot  # noqa: PLC0415
+    from .report.rows import STATES, snapshot  # noqa: PLC0415
 
     if state is not None and state not in STATES:
         raise typer.BadParameter(f"{state!r} is not one of {', '.join(STATES)}", param_hint="--state")
@@ -141,7 +141,7 @@ def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
     if as_json:
         print_json([r.to_json() for r in rows])
         return
-    from .render import task_table  # noqa: PLC0415
+    from .ui.tables import task_table  # noqa: PLC0415
 
     task_table(rows)
 
@@ -150,10 +150,11 @@ def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
 def show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOpt = False,
          root: RootOpt = None) -> None:
     """Show one task: its definition, state, attempts and last error."""
-    from .render import task_detail, task_detail_json  # noqa: PLC0415
+    from .report.rows import task_detail as build_detail  # noqa: PLC0415
+    from .ui.tables import task_detail  # noqa: PLC0415
 
     one_shot()
-    data = task_detail_json(_ctx(ctx, root).config(), task_id)
+    data = build_detail(_ctx(ctx, root).config(), task_id)
     if as_json:
         print_json(data)
     else:
@@ -164,7 +165,7 @@ def show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID"
 def retry(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
           root: RootOpt = None) -> None:
     """Re-queue a failed, done or cancelled task with fresh attempts."""
-    from .control import retry_task  # noqa: PLC0415
+    from .queue.ops import retry_task  # noqa: PLC0415
 
     retry_task(_ctx(ctx, root).config(), task_id)
     typer.echo(f"{task_id}: pending")
@@ -174,7 +175,7 @@ def retry(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID
 def cancel(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
            root: RootOpt = None) -> None:
     """Cancel a task; a running one is stopped and its process killed."""
-    from .control import cancel_task  # noqa: PLC0415
+    from .queue.ops import cancel_task  # noqa: PLC0415
 
     cancel_task(_ctx(ctx, root).config(), task_id)
     typer.echo(f"{task_id}: cancelled")
@@ -191,7 +192,7 @@ def agent(ctx: typer.Context,
                                                          "that started this agent; stop if it dies.")] = None,
           root: RootOpt = None) -> None:
     """Run one agent process: claim tasks, run them, record the outcome."""
-    from .agent import Agent, default_agent_id  # noqa: PLC0415
+    from .fleet.agent import Agent, default_agent_id  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     require_agent(config, agent_name)
@@ -227,14 +228,24 @@ def run(ctx: typer.Context,
                                                    "the live view.")] = False,
         root: RootOpt = None) -> None:
     """Start the gateway and N agents; work through tasks/ (exit 0: all done, 1: some failed)."""
-    from .fleet import FleetOptions, run_fleet  # noqa: PLC0415
+    from .fleet.supervisor import FleetOptions, run_fleet  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     require_agent(config, agent_name)
     options = FleetOptions(agents=agents or config.fleet.agents,
                            until_empty=until_empty if until_empty is not None else not sys.stdin.isatty(),
                            agent_override=agent_name, env=dict(os.environ))
-    raise typer.Exit(run_fleet(config, options, live=not no_dashboard and sys.stdout.isatty()))
+    live = not no_dashboard and sys.stdout.isatty()
+    raise typer.Exit(run_fleet(config, options, lambda: _display(config, live)))
+
+
+def _display(config: Any, live: bool) -> Any:
+    """The live view (or plain progress lines) that ``run`` shows; rich is imported only here."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from .ui.live import FleetDisplay  # noqa: PLC0415
+
+    return FleetDisplay(config, Console(), live=live)
 
 
 @app.command()
@@ -244,21 +255,22 @@ def status(ctx: typer.Context, as_json: JsonOpt = False,
                                                "stale claims, invalid files, unreachable gateway).")] = False,
            root: RootOpt = None) -> None:
     """Fleet health: queue, agents, gateway savings, stale claims, invalid files."""
-    from .status import build_status, print_status, render_status  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from .report.status import build_status  # noqa: PLC0415
+    from .ui.tables import print_status, render_status  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
-    if not watch:
-        one_shot()
     if watch:
-        import time  # noqa: PLC0415
-
         from rich.live import Live  # noqa: PLC0415
 
-        with Live(render_status(build_status(config)), refresh_per_second=2) as live:
-            while True:
-                time.sleep(1.0)
-                live.update(render_status(build_status(config)))
-    report = build_status(config)
+        from .clock import poll  # noqa: PLC0415
+
+        with Live(render_status(build_status(config, time.time())), refresh_per_second=2) as live:
+            for _ in poll(WATCH_EVERY_S):
+                live.update(render_status(build_status(config, time.time())))
+    one_shot()
+    report = build_status(config, time.time())
     if as_json:
         print_json(report)
     else:
@@ -274,10 +286,12 @@ def logs(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID"
                                                  "claim's epoch (default: the latest).")] = None,
          root: RootOpt = None) -> None:
     """Print a task's output log (the streamed tokens, or a command's stdout)."""
-    from .logs import show_log  # noqa: PLC0415
+    from .report.logs import log_chunks  # noqa: PLC0415
 
-    show_log(_ctx(ctx, root).config(), task_id, follow=follow, stream="stderr" if stderr else "stdout",
-             run=run)
+    for chunk in log_chunks(_ctx(ctx, root).config(), task_id, follow=follow,
+                            stream="stderr" if stderr else "stdout", run=run):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
 
 
 @app.command()

@@ -150,6 +150,14 @@ class FleetConfig(_Strict):
                 object.__setattr__(self, table, {**factory(), **current})
         return self
 
+    def agent_named(self, name: str, *, key: str = "agent") -> AgentConfig:
+        """The ``[agents.NAME]`` table (the one agent-exists check); ``ConfigError`` naming the choices."""
+        agent = self.agents.get(name)
+        if agent is None:
+            raise ConfigError(f"agent {name!r} is not defined in fleet.toml; add [agents.{name}] or use one of: "
+                              f"{', '.join(self.agents)}", key=key)
+        return agent
+
     @property
     def tasks_dir(self) -> Path:
         """Absolute path of the folder users drop task files into."""

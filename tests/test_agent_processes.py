@@ -12,8 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from coordinator.claims import HOST
-from coordinator.store import Claim, FileStore, Record
+from coordinator.config import load_config
+from coordinator.liveness import HOST
+from coordinator.store import Claim, Record, open_store
 from tests.procs import (assert_no_overlap, events, read_ledger, record, run_cli, start_agent, stop, wait_for,
                          write_ledger_fleet, write_tasks)
 
@@ -108,13 +109,13 @@ def test_claim_with_reused_pid_is_reclaimed_without_lease_wait(make_fleet) -> No
     root = make_fleet()
     ledger = write_ledger_fleet(root, lease_s=600)
     write_tasks(root, 1)
-    store = FileStore(root / ".coordinator")
+    store = open_store(load_config(root))
     live = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     try:
         started = psutil.Process(live.pid).create_time()
         now = psutil.time.time()
-        store.write_record(Record(id="t0000", state="running", epoch=1, agent="old"))
-        store.write_claim(Claim(task="t0000", agent="old", pid=live.pid, pid_started_at=started - 300, host=HOST,
+        store.plant(record=Record(id="t0000", state="running", epoch=1, agent="old"))
+        store.plant(claim=Claim(task="t0000", agent="old", pid=live.pid, pid_started_at=started - 300, host=HOST,
                                 claimed_at=now, renewed_at=now, lease_s=600, epoch=1, attempt=1))
         assert run_cli(root, "agent", "--until-empty").returncode == 0
         assert live.poll() is None, "the process that reused the pid is left alone"
@@ -131,7 +132,7 @@ def test_crash_states_recover_on_next_start(make_fleet) -> None:
     root = make_fleet()
     ledger = write_ledger_fleet(root)
     write_tasks(root, 5)
-    store = FileStore(root / ".coordinator")
+    store = open_store(load_config(root))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
 
@@ -140,15 +141,15 @@ def test_crash_states_recover_on_next_start(make_fleet) -> None:
                      renewed_at=0, lease_s=600, epoch=epoch, attempt=attempt)
 
     # t0000: claim file written, record not yet (crash inside claim).
-    store.write_claim(ghost_claim("t0000", 1, 1))
+    store.plant(claim=ghost_claim("t0000", 1, 1))
     # t0001: record says done, claim file not yet deleted (crash inside finish).
-    store.write_record(Record(id="t0001", state="done", epoch=1, attempts=1))
-    store.write_claim(ghost_claim("t0001", 1, 1))
+    store.plant(record=Record(id="t0001", state="done", epoch=1, attempts=1))
+    store.plant(claim=ghost_claim("t0001", 1, 1))
     # t0002: claimed and running when the agent died.
-    store.write_record(Record(id="t0002", state="running", epoch=1))
-    store.write_claim(ghost_claim("t0002", 1, 1))
+    store.plant(record=Record(id="t0002", state="running", epoch=1))
+    store.plant(claim=ghost_claim("t0002", 1, 1))
     # t0003: a running record whose claim file is gone.
-    store.write_record(Record(id="t0003", state="running", epoch=1))
+    store.plant(record=Record(id="t0003", state="running", epoch=1))
     # t0004: a half-written temp file beside a clean record.
     (root / ".coordinator" / "records" / ".t0004.json.x.tmp").write_text('{"id": "t00')
     result = run_cli(root, "agent", "--until-empty")

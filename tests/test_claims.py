@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from coordinator.claims import ClaimBook, Holder, stale_reason
+from coordinator.queue.claims import ClaimBook, Holder, stale_reason
 from coordinator.errors import ClaimLostError
-from coordinator.store import Claim, FileStore, Record
+from coordinator.store.base import Claim, FileStore, Record
 
 
 class Clock:

@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.claims import ClaimBook, Holder, process_is_alive
+from coordinator.liveness import process_is_alive
+from coordinator.queue.claims import current_holder
 from coordinator.cli import app, main
 from coordinator.config import load_config
-from coordinator.logs import run_dirs
-from coordinator.store import FileStore
+from coordinator.fleet.workspace import run_dirs
+from coordinator.store import open_store
 from tests.conftest import coordinator_argv, subprocess_env
 from tests.procs import events, record, run_cli, start_agent, stop, wait_for, write_ledger_fleet, write_tasks
 
@@ -77,19 +78,16 @@ def assert_one_line_error(err: str, *needles: str) -> None:
 
 def settle(root: Path, task_id: str, state: str, *, error: str | None = None) -> None:
     """Claim ``task_id`` as this process and finish it ``done`` or ``failed``, through the real protocol."""
-    store = FileStore(load_config(root).state_dir)
-    book = ClaimBook(store, lease_s=30)
-    with store.lock():
-        claim = book.try_claim(task_id, 1, Holder.current("tester"))
+    store = open_store(load_config(root))
+    claim = store.claim(task_id, current_holder("tester"), lease_s=30)
     assert claim is not None, f"{task_id} was not claimable"
-    book.finish(claim, state, error=error, max_attempts=1)
+    store.finish(claim, ok=state == "done", error=error, max_attempts=1)
 
 
 def hold(root: Path, task_id: str) -> None:
     """Claim ``task_id`` as this (live) process and keep the claim: the task shows as running."""
-    store = FileStore(load_config(root).state_dir)
-    with store.lock():
-        assert ClaimBook(store, lease_s=30).try_claim(task_id, 3, Holder.current("tester")) is not None
+    store = open_store(load_config(root))
+    assert store.claim(task_id, current_holder("tester"), lease_s=30) is not None
 
 
 def tmp_leftovers(folder: Path) -> list[str]:
@@ -147,7 +145,7 @@ def test_add_id_clash_is_one_line_exit_2_and_never_overwrites(make_fleet, monkey
     assert tmp_leftovers(root / "tasks") == []
 
 
-@pytest.mark.parametrize("priority", ["urgent", "-1", "1.5", "", "HIGH"])
+@pytest.mark.parametrize("priority", ["urgent", "-1", "1.5", ""])
 def test_add_bad_priority_is_exit_2(make_fleet, monkeypatch, capsys, priority: str) -> None:
     root = make_fleet(QUICK_FLEET)
     code, _, err = run_main(monkeypatch, capsys, "-C", str(root), "add", "x", "--priority", priority)
@@ -156,9 +154,21 @@ def test_add_bad_priority_is_exit_2(make_fleet, monkeypatch, capsys, priority: s
     assert list((root / "tasks").iterdir()) == []
 
 
+def test_priority_names_follow_one_rule_in_files_and_add(make_fleet, monkeypatch, capsys) -> None:
+    """``HIGH`` means high in a task file and in ``add --priority`` alike (one rule, tasks.model)."""
+    root = make_fleet(QUICK_FLEET, {"loud.toml": 'prompt = "x"\npriority = "HIGH"\n'})
+    code, out, err = run_main(monkeypatch, capsys, "-C", str(root), "add", "y", "--id", "y", "--priority", "HIGH")
+    assert code == 0, err
+    rows = {row["id"]: row["priority"] for row in json.loads(run_main(monkeypatch, capsys, "-C", str(root),
+                                                                            "tasks", "--json")[1])}
+    assert rows == {"loud": 1, "y": 1}
+
+
 @pytest.mark.parametrize(("args", "needle"), [
-    (("x", "--id", "has space"), "--id: ids are"),
-    (("x", "--id", "-dash-first"), "--id: ids are"),
+    (("x", "--id", "has space"), "--id: 'has space' is not a task id"),
+    (("x", "--id", "-dash-first"), "--id: '-dash-first' is not a task id"),
+    (("x", "--id", "abc\n"), "--id: 'abc\\n' is not a task id"),
+    (("x", "--depends-on", "abc\n"), "--depends-on: 'abc\\n' is not a task id"),
     (("x", "--agent", "nobody"), "--agent: agent 'nobody' is not defined"),
     (("x", "--depends-on", "not an id"), "--depends-on: 'not an id' is not a task id"),
     (("",), "PROMPT: the prompt is empty"),
@@ -666,7 +676,7 @@ def test_subprocess_retry_starts_a_fresh_run_folder(make_fleet) -> None:
     assert run_cli(root, "retry", "a").returncode == 0
     assert run_cli(root, "agent", "--until-empty").returncode == 0
     assert run_cli(root, "logs", "a").stdout == "run 2\n"
-    latest = run_dirs(FileStore(root / ".coordinator"), "a")[-1]
+    latest = run_dirs(load_config(root), "a")[-1]
     assert (latest / "output.md").read_text() == "run 2\n"
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
-from coordinator.dashboard import plain_line, render_dashboard, summary_table
-from coordinator.status import render_status
+from coordinator.ui.dashboard import plain_line, render_dashboard, summary_table
+from coordinator.ui.tables import render_status
 
 
 def make_status(**overrides: Any) -> dict[str, Any]:
@@ -24,9 +24,10 @@ def make_status(**overrides: Any) -> dict[str, Any]:
         "tasks": {"pending": 3, "blocked": 1, "running": 2, "done": 7, "failed": 4, "invalid": 2, "cancelled": 5},
         "agents": [
             {"id": "agent-1", "pid": 4242, "alive": True, "state": "running", "task": "t-alpha",
-             "heartbeat_age_s": 0.4, "task_started_at": now - 12.2, "done": 11, "failed": 6},
+             "heartbeat_age_s": 0.4, "task_started_at": now - 12.2, "task_elapsed_s": 12.2, "done": 11,
+             "failed": 6},
             {"id": "agent-2", "pid": 4343, "alive": False, "state": "dead", "task": None,
-             "heartbeat_age_s": 31.0, "task_started_at": None, "done": 9, "failed": 8},
+             "heartbeat_age_s": 31.0, "task_started_at": None, "task_elapsed_s": None, "done": 9, "failed": 8},
         ],
         "gateway": {"running": True, "url": "http://127.0.0.1:40123", "requests": 40, "upstream_calls": 13,
                     "dedup_joined": 20, "dedup_hits": 7, "input_tokens": 1234, "output_tokens": 567,

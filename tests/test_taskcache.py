@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from coordinator.config import load_config
-from coordinator.taskcache import cache_path, open_index, save_index
+from coordinator.tasks.cache import cache_path, open_index, save_index
 
 FLEET = """
 [agents.sh]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import FleetConfig, load_config
-from coordinator.tasks import PRIORITY_NAMES, Task, TaskIndex, load_paths, load_tasks, task_json_schema
+from coordinator.tasks import PRIORITY_NAMES, Task, TaskIndex, load_paths, load_tasks
+from coordinator.tasks.schema import task_json_schema
 
 MakeFleet = Callable[..., Path]
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .tasks import Task
+    from .model import Task
 
 # (source, index within the file, key) -> line of that key, read only when reporting an error.
 Locate = Callable[[str, int, str], "int | None"]

@@ -18,15 +18,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .claims import ClaimBook, Holder
-from .config import FleetConfig
-from .errors import ClaimLostError, CoordinatorError
-from .gateway_client import GatewayInfo, read_gateway
-from .paths import confine
-from .queue import QueueView
-from .runners import RunContext, RunResult, get_runner
-from .store import Claim, FileStore
-from .tasks import Task
+from ..clock import poll
+from ..config import FleetConfig
+from ..errors import ClaimLostError, CoordinatorError
+from ..gateway.client import GatewayInfo, read_gateway
+from ..paths import confine
+from ..queue.claims import ClaimBook, current_holder
+from ..queue.view import QueueView
+from ..runners import RunContext, RunResult, get_runner
+from ..secrets import without_secrets
+from ..store import Claim, open_store
+from ..tasks import State, Task
+from .workspace import run_dir
 
 IDLE_POLL_S = 0.2
 REAP_EVERY_S = 1.0
@@ -36,6 +39,7 @@ REAP_EVERY_S = 1.0
 FIRST_BEAT_S = 0.5
 # `coordinator run` starts agents and its gateway together; an agent's first task may need to wait.
 GATEWAY_WAIT_S = 10.0
+GATEWAY_POLL_S = 0.05
 
 
 class Agent:
@@ -46,18 +50,19 @@ class Agent:
                  supervisor_pid: int | None = None) -> None:
         self.config = config
         self.agent_id = agent_id
-        self.env = env
+        self.env = without_secrets(env, config)  # an agent started by hand must not pass keys on
         self.until_empty = until_empty
         self.agent_override = agent_override
         self.supervisor_pid = supervisor_pid
-        self.store = FileStore(config.state_dir)
+        self.store = open_store(config)
         self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
         self.view = QueueView(config, self.store)
-        self.holder = Holder.current(agent_id)
+        self.holder = current_holder(agent_id)
         self.stop_now = False
         self.grace_until: float | None = None
         self.lost: str | None = None
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # the main loop: a signal or a finished task
+        self.beat_wake = threading.Event()  # the heartbeat: check the claim now
         self.counts = {"done": 0, "failed": 0}
         self.current: tuple[Task, Claim] | None = None
         self.started_at = time.time()
@@ -76,33 +81,34 @@ class Agent:
         self._full_resync()
         self.store.append_event("agent_started", agent=self.agent_id, pid=self.holder.pid)
         self.publish("idle")
-        while not self.is_stopping():
+        for _ in poll(IDLE_POLL_S, wake=self.wake):
+            if self.is_stopping():
+                break
             picked = self.claim_next()
             if picked is None:
                 if self.until_empty and self._is_queue_drained():
                     break
                 if time.monotonic() - self._published_at >= self.config.fleet.heartbeat_s:
                     self.publish("idle")
-                self.wake.wait(IDLE_POLL_S)
-                self.wake.clear()
                 continue
             self.work(*picked)
+            self.wake.set()  # claim the next task at once
         self.publish("stopped")
         self.store.append_event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
         return 0
 
     def claim_next(self) -> tuple[Task, Claim] | None:
-        """Under the queue lock: reap stale claims, catch up, claim the best ready task."""
-        self.view.rescan_if_due()  # stats every task file now and then: never inside the lock
+        """Reap stale claims, catch up on the feed, and claim the best ready task."""
+        self.view.rescan_if_due()
         started = time.perf_counter()
-        with self.store.lock():
-            self._maybe_reap()
-            self.view.catch_up()
-            while (task := self.view.pop_ready()) is not None:
-                claim = self.book.try_claim(task.id, task.max_attempts, self.holder)
-                if claim is not None:
-                    self.claim_ms = (time.perf_counter() - started) * 1000
-                    return task, claim
+        self._maybe_reap()
+        self.view.catch_up()
+        while (task := self.view.pop_ready()) is not None:
+            claim = self.book.claim(task, self.holder)
+            if claim is not None:
+                self.view.states[task.id] = State.RUNNING
+                self.claim_ms = (time.perf_counter() - started) * 1000
+                return task, claim
         return None
 
     def work(self, task: Task, claim: Claim) -> None:
@@ -117,9 +123,9 @@ class Agent:
         finally:
             self.run_ms = (time.perf_counter() - started) * 1000
             self.current = None
-            self.wake.set()
+            self.beat_wake.set()
             beat.join()
-            self.wake.clear()
+            self.beat_wake.clear()
         self._record(task, claim, result)
 
     # -- pieces ---------------------------------------------------------------
@@ -127,19 +133,15 @@ class Agent:
     def _run(self, task: Task, claim: Claim) -> RunResult:
         """Build the context and call the task's runner; user errors become failures."""
         agent_name = task.agent or self.agent_override or self.config.fleet.default_agent
-        agent = self.config.agents.get(agent_name)
-        if agent is None:
-            return RunResult(False, f"agent {agent_name!r} is not defined in fleet.toml")
-        # One folder per claim, named by its epoch: attempt numbers repeat after `retry` or a
-        # release, epochs never do, so no run ever writes into another run's folder.
-        run_dir = self.store.run_dir(task.id, claim.epoch)
         try:
+            agent = self.config.agent_named(agent_name)
             workdir = confine(self.config.root, task.workdir or ".", what="workdir")
-        except CoordinatorError as exc:  # a workdir escaping the root fails the task, not the agent
+        except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
             return RunResult(False, str(exc))
         gateway = self._gateway()
         ctx = RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
-                         config=self.config, attempt=claim.attempt, run_dir=run_dir, workdir=workdir,
+                         config=self.config, attempt=claim.attempt, run_dir=run_dir(self.config, task.id, claim.epoch),
+                         workdir=workdir,
                          env=self.env, should_stop=self._should_stop, on_spawn=self._on_spawn,
                          gateway_url=gateway.url if gateway else None,
                          gateway_token=gateway.task_token(task, self.agent_id) if gateway else None)
@@ -150,12 +152,12 @@ class Agent:
 
     def _gateway(self) -> GatewayInfo | None:
         """The running gateway; a supervised agent waits for its fleet's to come up."""
-        deadline = time.monotonic() + (GATEWAY_WAIT_S if self.supervisor_pid is not None else 0.0)
-        while (gateway := read_gateway(self.config)) is None and time.monotonic() < deadline:
-            if self._should_stop():
-                break
-            time.sleep(0.05)
-        return gateway
+        wait_s = GATEWAY_WAIT_S if self.supervisor_pid is not None else 0.0
+        for _ in poll(GATEWAY_POLL_S, timeout_s=wait_s):
+            gateway = read_gateway(self.config)
+            if gateway is not None or self._should_stop():
+                return gateway
+        return None
 
     def _record(self, task: Task, claim: Claim, result: RunResult) -> None:
         """Write the outcome; a lost claim is refused by fencing and logged."""
@@ -165,14 +167,13 @@ class Agent:
                 # A run that finished is recorded below even while stopping, or it would run twice.
                 self.book.release(claim, reason="agent stopping")
                 return
-            state = "done" if result.ok else "failed"
             started = time.perf_counter()
-            record = self.book.finish(claim, state, error=result.error, usage=result.usage,
+            record = self.book.finish(claim, ok=result.ok, error=result.error, usage=result.usage,
                                       max_attempts=task.max_attempts,
                                       extra={"file_hash": task_hash(task),
                                              "claim_ms": round(self.claim_ms, 3),
                                              "run_ms": round(self.run_ms, 3)})
-            self.counts["done" if record.state == "done" else "failed"] += 1
+            self.counts["done" if record.state == State.DONE else "failed"] += 1
             # The coordinator's own cost per task, published for `status` and scripts/bench_queue.py.
             self.overhead["tasks"] += 1
             self.overhead["claim_ms"] += self.claim_ms
@@ -182,13 +183,10 @@ class Agent:
 
     def _heartbeat(self, claim: Claim) -> None:
         """Renew the lease every heartbeat_s; on loss, flag it so the runner is stopped."""
-        wait_s = min(self.config.fleet.heartbeat_s, FIRST_BEAT_S)
-        while self.current is not None:
-            self.wake.wait(wait_s)
-            wait_s = self.config.fleet.heartbeat_s
+        self.beat_wake.wait(min(self.config.fleet.heartbeat_s, FIRST_BEAT_S))
+        for _ in poll(self.config.fleet.heartbeat_s, wake=self.beat_wake):
             if self.current is None:
                 return
-            self.wake.clear()
             try:
                 self.book.renew(claim, child_pid=self.child_pid)
             except ClaimLostError as exc:
@@ -227,14 +225,13 @@ class Agent:
         self.child_pid = pid  # written into the claim by the next heartbeat
 
     def _full_resync(self) -> None:
-        """Reap, rebuild the view, and put back running records that lost their claim."""
-        with self.store.lock():
-            self.view.resync()  # first: reaping needs each task's max_attempts
-            self._reaped_at = float("-inf")
-            self._maybe_reap()
-            running = [tid for tid, state in self.view.states.items() if state == "running"]
-            self.book.recover_unclaimed(running)
-            self.view.catch_up()
+        """Rebuild the view, reap, and put back running records that lost their claim."""
+        self.view.resync()  # first: reaping needs each task's max_attempts
+        self._reaped_at = float("-inf")
+        self._maybe_reap()
+        running = [tid for tid, state in self.view.states.items() if state == State.RUNNING]
+        self.store.repair(running)
+        self.view.catch_up()
 
     def _is_queue_drained(self) -> bool:
         """Nothing ready and nothing running anywhere, after a full resync."""
@@ -255,20 +252,24 @@ class Agent:
         self._published_at = time.monotonic()
 
     def _install_signals(self) -> None:
+        def wake_all() -> None:
+            self.wake.set()
+            self.beat_wake.set()
+
         def on_term(signum: int, frame: Any) -> None:
             self.stop_now = True
-            self.wake.set()
+            wake_all()
 
         def on_int(signum: int, frame: Any) -> None:
             if self.grace_until is None:
                 self.grace_until = time.monotonic() + self.config.fleet.grace_s
             else:
                 self.stop_now = True  # a second Ctrl-C: stop now
-            self.wake.set()
+            wake_all()
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
-        signal.signal(signal.SIGUSR1, lambda signum, frame: self.wake.set())
+        signal.signal(signal.SIGUSR1, lambda signum, frame: wake_all())
 
 
 def task_hash(task: Task) -> str:

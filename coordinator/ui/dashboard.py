@@ -6,7 +6,6 @@ recent events, so tests render them into a fixed-width Console and compare text.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .status import agents_table, gateway_line, queue_line
+from .tables import agents_table, gateway_line, queue_line
 
 FINISHED = ("done", "failed", "cancelled")
 SHOWN_EVENTS = ("claimed", "done", "failed", "retrying", "reclaimed", "released", "fenced", "cancelled",
@@ -83,14 +82,3 @@ def summary_table(status: dict[str, Any], elapsed_s: float) -> RenderableType:
     for bad in status["invalid_files"]:
         parts.append(Text(f"invalid: {bad['error']}", style="red"))
     return Group(*parts)
-
-
-class Clock:
-    """Elapsed seconds since the fleet started."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    def elapsed(self) -> float:
-        """Seconds since start."""
-        return time.monotonic() - self.started

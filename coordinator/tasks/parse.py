@@ -9,24 +9,22 @@ parse, one ``model_validate``. Line numbers are looked up only for errors.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from .config import FleetConfig
-from .errors import ConfigError
-from .paths import confine, expand_globs
-from .taskgraph import FileResult, InvalidFile, invalid_entry
-from .tasks import ID_PATTERN, ID_RULE, Task
-from .validation import decode_error_line, first_error, header_lines, key_line, toml_error_line, toml_error_reason
+from ..config import FleetConfig
+from ..errors import ConfigError
+from ..paths import confine, expand_globs
+from .graph import FileResult, InvalidFile, invalid_entry
+from .model import ID_RULE, Task, is_valid_id
+from ..validation import decode_error_line, first_error, header_lines, key_line, toml_error_line, toml_error_reason
 
 MAX_FILE_BYTES = 1 << 20
 LOADER_FIELDS = frozenset({"source", "index", "seen_ns"})
 FILE_KEYS = tuple(name for name in Task.model_fields if name not in LOADER_FIELDS)
-_ID_RE = re.compile(ID_PATTERN)
 # Pydantic's wording for the type errors a hand-written TOML file meets most, made to say the fix.
 _FIXES = {
     "string_pattern_mismatch": ID_RULE,
@@ -51,7 +49,7 @@ class TaskFileParser:
 
     def __init__(self, config: FleetConfig) -> None:
         self.root = Path(config.root).resolve()
-        self.agents = tuple(config.agents)
+        self.config = config
         self.parsed = 0
 
     def parse(self, path: str, source: str, key: tuple[Any, ...]) -> FileResult:
@@ -140,10 +138,9 @@ class TaskFileParser:
 
     def _check_references(self, task: Task) -> Problem | None:
         """The agent must exist; context globs and workdir must stay inside the fleet root."""
-        if task.agent is not None and task.agent not in self.agents:
-            return "agent", (f"agent {task.agent!r} is not defined in fleet.toml; add [agents.{task.agent}] "
-                             f"or use one of: {', '.join(self.agents)}")
         try:
+            if task.agent is not None:
+                self.config.agent_named(task.agent)
             if task.workdir is not None:
                 confine(self.root, task.workdir, what="workdir")
             if task.context:
@@ -208,7 +205,7 @@ def _id_problem(raw: dict[str, Any], stem: str, in_array: bool) -> Problem | Non
         return None
     if in_array:
         return "id", 'is required when a file holds [[tasks]]; add id = "..." to this task'
-    if not _ID_RE.fullmatch(stem):
+    if not is_valid_id(stem):
         return "id", (f"the file name {stem!r} is not a valid task id ({ID_RULE}); "
                       'add id = "..." or rename the file')
     return None
@@ -217,7 +214,7 @@ def _id_problem(raw: dict[str, Any], stem: str, in_array: bool) -> Problem | Non
 def _known_id(raw: dict[str, Any], stem: str, in_array: bool) -> str | None:
     """The id this table claims, when it is a well-formed one (used for duplicates and blocking)."""
     value = raw.get("id", None if in_array else stem)
-    return value if isinstance(value, str) and _ID_RE.fullmatch(value) else None
+    return value if isinstance(value, str) and is_valid_id(value) else None
 
 
 def field_line(text: str, field: str, index: int, in_array: bool) -> int | None:

@@ -4,28 +4,25 @@ The view is a heap of ready tasks (pending, every dependency done) ordered by
 ``Task.sort_key``. It is built once from the task files and the records, then
 kept current from the append-only event feed: a claim reads only the events
 written since the last one, instead of every record. The heap is only a hint:
-``ClaimBook.try_claim`` re-checks the record and claim file under the lock, so a
-stale view can cost a skipped entry, never a double claim. A full resync runs
+the store's ``claim`` operation re-checks the record and the claim atomically, so
+a stale view can cost a skipped entry, never a double claim. A full resync runs
 before the agent concludes the queue is empty, and whenever the task files change.
 """
 
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .config import FleetConfig
-from .store import Record, Store
-from .taskcache import open_index, save_index
-from .tasks import Task, TaskSet
+from ..clock import REAL_CLOCK, Clock
+from ..config import FleetConfig
+from ..store import Record, Store
+from ..tasks import State, Task, TaskSet
+from ..tasks.cache import open_index, save_index
 
-TERMINAL = frozenset({"done", "failed", "cancelled"})
-# Event kinds that move a task to a known state; others (fenced, ...) change none.
-EVENT_STATES = {"claimed": "running", "done": "done", "failed": "failed", "retrying": "pending",
-                "released": "pending", "cancelled": "cancelled", "retried": "pending"}
 RESCAN_EVERY_S = 2.0
+STATE_NAMES = frozenset(State)
 
 
 @dataclass
@@ -40,25 +37,25 @@ class QueueCounts:
 class QueueView:
     """Ready tasks in priority order, kept in step with the store's event feed."""
 
-    def __init__(self, config: FleetConfig, store: Store, *, clock=time.monotonic) -> None:
+    def __init__(self, config: FleetConfig, store: Store, *, clock: Clock = REAL_CLOCK) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.index = open_index(config)
         self.taskset: TaskSet = TaskSet(tasks={}, invalid=[], blocked={}, dependents={})
-        self.states: dict[str, str] = {}
+        self.states: dict[str, State] = {}
         self.heap: list[tuple[tuple, str]] = []
-        self.offset = 0
+        self.cursor = 0
         self._scanned_at = float("-inf")
 
     def resync(self, records: Iterable[Record] | None = None, *, build_heap: bool = True) -> None:
         """Rebuild the whole view from task files and records (O(n)); pass records already read."""
         # Take the feed's end before reading records: a change made in between is
         # then both in the records and replayed from the feed, which is harmless.
-        self.offset = self.store.event_offset()
+        self.cursor = self.store.event_cursor()
         self.taskset = self.index.refresh()
         save_index(self.config, self.index)
-        self._scanned_at = self.clock()
+        self._scanned_at = self.clock.now()
         records = self.store.iter_records() if records is None else records
         self.states = {r.id: r.state for r in records}
         self.heap = []
@@ -69,27 +66,25 @@ class QueueView:
 
     def rescan_if_due(self) -> None:
         """Pick up added, edited and removed task files every RESCAN_EVERY_S (call outside the lock)."""
-        if self.clock() - self._scanned_at < RESCAN_EVERY_S:
+        if self.clock.now() - self._scanned_at < RESCAN_EVERY_S:
             return
         before = set(self.taskset.tasks)
         self.taskset = self.index.refresh()
-        self._scanned_at = self.clock()
+        self._scanned_at = self.clock.now()
         for task_id in self.taskset.tasks.keys() - before:
             self._push_if_ready(task_id)
 
     def catch_up(self) -> None:
         """Apply events written since the last call (under the lock: O(new events))."""
-        events, self.offset = self.store.read_events(self.offset)
+        events, self.cursor = self.store.read_events(self.cursor)
         for event in events:
-            state = EVENT_STATES.get(event.get("event", ""))
-            task_id = event.get("task")
-            if state is None or not task_id:
-                continue
-            if event["event"] == "reclaimed":
-                state = event.get("state", "pending")
+            task_id, state = event.get("task"), event.get("state")
+            if not task_id or state not in STATE_NAMES:
+                continue  # a note (fenced, agent_started, ...) changes no task's state
+            state = State(state)
             self.states[task_id] = state
             self._push_if_ready(task_id)
-            if state == "done":
+            if state == State.DONE:
                 for child in self.taskset.dependents.get(task_id, ()):
                     self._push_if_ready(child)
 
@@ -106,9 +101,9 @@ class QueueView:
         task = self.taskset.tasks.get(task_id)
         if task is None or task_id in self.taskset.blocked:
             return False
-        if self.states.get(task_id, "pending") != "pending":
+        if self.states.get(task_id, State.PENDING) != State.PENDING:
             return False
-        return all(self.states.get(dep) == "done" for dep in task.depends_on)
+        return all(self.states.get(dep) == State.DONE for dep in task.depends_on)
 
     def blocked_reason(self, task_id: str) -> str | None:
         """Why a pending task can never run (unknown, invalid or failed dependency), if so."""
@@ -120,10 +115,10 @@ class QueueView:
         """Ready / running / waiting totals over the valid tasks (O(n), for idle checks)."""
         ready = running = waiting = 0
         for task_id in self.taskset.tasks:
-            state = self.states.get(task_id, "pending")
-            if state == "running":
+            state = self.states.get(task_id, State.PENDING)
+            if state == State.RUNNING:
                 running += 1
-            elif state == "pending" and self.blocked_reason(task_id) is None:
+            elif state == State.PENDING and self.blocked_reason(task_id) is None:
                 if self.is_ready(task_id):
                     ready += 1
                 else:
@@ -140,8 +135,8 @@ class QueueView:
                 return f"dependency {dep!r} is blocked"
             if dep not in self.taskset.tasks:
                 return f"dependency {dep!r} is not a valid task"
-            state = self.states.get(dep, "pending")
-            if state in ("failed", "cancelled"):
+            state = self.states.get(dep, State.PENDING)
+            if state in (State.FAILED, State.CANCELLED):
                 return f"dependency {dep!r} {state}"
             if self._blocked_by_deps(dep, seen):
                 return f"dependency {dep!r} is blocked"

@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config import FleetConfig
-from .queue import QueueView
-from .store import Claim, FileStore, Record
-from .tasks import TaskSet
+from ..atomic import read_json
+from ..config import FleetConfig
+from ..errors import TaskError
+from ..fleet.workspace import runs_root
+from ..queue.view import QueueView
+from ..store import Claim, Record, Store, open_store
+from ..tasks import State, TaskSet
 
-STATES = ("pending", "blocked", "running", "done", "failed", "invalid", "cancelled")
+STATES = tuple(str(state) for state in State)  # every state, in the order reports show them
 
 
 @dataclass
@@ -55,22 +58,39 @@ class FleetSnapshot:
         return out
 
 
-def snapshot(config: FleetConfig, store: FileStore | None = None) -> FleetSnapshot:
+def snapshot(config: FleetConfig, store: Store | None = None) -> FleetSnapshot:
     """Read task files, records and claims once, and derive every row."""
-    store = store or FileStore(config.state_dir)
+    store = store or open_store(config)
     view = QueueView(config, store)
     records = {r.id: r for r in store.iter_records()}
     view.resync(records.values(), build_heap=False)
     rows = []
     for task in view.taskset.tasks.values():
         record = records.get(task.id)
-        state = record.state if record else "pending"
-        reason = record.last_error if record and state != "done" else None
-        if state == "pending":
+        state = record.state if record else State.PENDING
+        reason = record.last_error if record and state != State.DONE else None
+        if state == State.PENDING:
             blocked = view.blocked_reason(task.id)
             if blocked:
-                state, reason = "blocked", blocked
-        rows.append(TaskRow(id=task.id, state=state, priority=task.priority, title=task.title,
+                state, reason = State.BLOCKED, blocked
+        rows.append(TaskRow(id=task.id, state=str(state), priority=task.priority, title=task.title,
                             attempts=record.attempts if record else 0, max_attempts=task.max_attempts,
                             agent=record.agent if record else None, source=task.source, reason=reason))
     return FleetSnapshot(rows=rows, taskset=view.taskset, records=records, claims=store.list_claims())
+
+
+def task_detail(config: FleetConfig, task_id: str) -> dict[str, Any]:
+    """One task: its definition, derived state, record, live claim and per-run usage (``show --json``)."""
+    store = open_store(config)
+    snap = snapshot(config, store)
+    task = snap.taskset.tasks.get(task_id)
+    if task is None:
+        raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)
+    row = next(r for r in snap.rows if r.id == task_id)
+    record = snap.records.get(task_id)
+    claim = store.read_claim(task_id)
+    runs = runs_root(config, task_id)
+    return {"task": {**task.model_dump(mode="json"), "source": task.source}, "state": row.state,
+            "reason": row.reason, "record": record.to_json() if record else None,
+            "claim": claim.to_json() if claim else None, "runs_dir": str(runs),
+            "run_usage": [read_json(p) for p in sorted(runs.glob("*/usage.json"))]}

@@ -18,8 +18,9 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .config import FleetConfig
-from .tasks import TaskIndex, TaskSet, no_gc
+from ..config import FleetConfig
+from .graph import TaskSet
+from .index import TaskIndex, no_gc
 
 FORMAT = 1
 

@@ -10,14 +10,26 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import psutil
-
-from .config import FleetConfig
-from .store import read_json
+from ..atomic import read_json
+from ..config import FleetConfig
+from ..liveness import process_is_alive
 
 STATS_TIMEOUT_S = 2.0
+GATEWAY_FILE = "gateway.json"  # {"url", "pid", "token"} of the running gateway (mode 0600)
+STATS_FILE = "gateway-stats.json"  # the counters a gateway saved last, for `status` when it is gone
+
+
+def gateway_path(config: FleetConfig) -> Path:
+    """Where the running gateway announces itself."""
+    return config.state_dir / GATEWAY_FILE
+
+
+def stats_path(config: FleetConfig) -> Path:
+    """Where a gateway saves its counters."""
+    return config.state_dir / STATS_FILE
 
 
 @dataclass(frozen=True)
@@ -30,7 +42,7 @@ class GatewayInfo:
 
     def task_token(self, task: Any, agent_id: str) -> str:
         """A token naming ``task`` (with its priority and budget) for one attempt."""
-        from .gateway.tokens import task_token  # noqa: PLC0415  (hmac only, but keep agents lean)
+        from .tokens import task_token  # noqa: PLC0415  (hmac only, but keep agents lean)
 
         return task_token(self.token, task.id, agent=agent_id, priority=task.priority,
                           max_usd=task.max_usd, max_tokens=task.max_tokens_budget)
@@ -56,13 +68,13 @@ class GatewayInfo:
 
 def read_gateway(config: FleetConfig) -> GatewayInfo | None:
     """The gateway named in ``gateway.json`` if its process is still alive."""
-    data = read_json(config.state_dir / "gateway.json")
+    data = read_json(gateway_path(config))
     if not isinstance(data, dict):
         return None
     try:
         info = GatewayInfo(url=str(data["url"]), pid=int(data["pid"]), token=str(data["token"]))
     except (KeyError, TypeError, ValueError):
         return None
-    if not psutil.pid_exists(info.pid):
+    if not process_is_alive(info.pid):
         return None
     return info

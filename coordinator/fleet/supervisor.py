@@ -17,18 +17,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .claims import ClaimBook, process_is_alive
-from .config import FleetConfig
-from .store import FileStore, read_json
+from ..clock import poll
+from ..config import FleetConfig
+from ..queue.claims import ClaimBook
+from ..secrets import without_secrets
+from ..store import open_store
+from ..tasks.cache import load_cached
 
 TICK_S = 0.5
 STAGGER_S = 0.3
+STOP_POLL_S = 0.1
 RESTART_BACKOFF_S = (0.5, 1, 2, 4, 8, 15, 30)
-# API keys are the gateway's alone: agents and their children get per-task tokens.
-SECRET_VARS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 
 
 @dataclass
@@ -59,7 +62,7 @@ class Supervisor:
                  on_tick: Callable[[Supervisor], None] = lambda s: None) -> None:
         self.config = config
         self.options = options
-        self.store = FileStore(config.state_dir)
+        self.store = open_store(config)
         self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
         self.agents = [AgentProc(f"agent-{n}") for n in range(1, options.agents + 1)]
         self.on_tick = on_tick
@@ -69,8 +72,8 @@ class Supervisor:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def agent_env(self) -> dict[str, str]:
-        """The agents' environment: the caller's, without API keys."""
-        return {k: v for k, v in self.options.env.items() if k not in SECRET_VARS}
+        """The agents' environment: the caller's, without provider keys (``secrets.py``)."""
+        return without_secrets(self.options.env, self.config)
 
     def spawn(self, slot: AgentProc) -> None:
         """Start (or restart) one agent process."""
@@ -105,11 +108,12 @@ class Supervisor:
         """Supervise until the queue drains (``until_empty``) or a stop is requested."""
         if all(slot.proc is None for slot in self.agents):
             self.start()
-        while self.stopping is None:
+        for _ in poll(TICK_S):
+            if self.stopping is not None:
+                break
             self.tick()
             if self.options.until_empty and all(slot.finished for slot in self.agents):
                 break
-            time.sleep(TICK_S)
         self.shutdown()
 
     def tick(self) -> None:
@@ -117,8 +121,7 @@ class Supervisor:
         now = time.monotonic()
         for slot in self.agents:
             self._check(slot, now)
-        with self.store.lock():
-            self.book.reap_stale(self._max_attempts)
+        self.book.reap_stale(self._max_attempts)
         self.on_tick(self)
 
     def _check(self, slot: AgentProc, now: float) -> None:
@@ -141,10 +144,10 @@ class Supervisor:
 
     def _kill_if_hung(self, slot: AgentProc) -> None:
         """An agent whose heartbeat is older than its lease is hung: kill it; it is restarted next tick."""
-        status = read_json(self.store.agents_dir / f"{slot.agent_id}.json")
-        if not isinstance(status, dict) or status.get("pid") != slot.proc.pid:
+        status = self.store.read_agent(slot.agent_id)
+        if status is None or status.get("pid") != slot.proc.pid:
             return  # not published yet (still booting)
-        age_s = time.time() - float(status.get("heartbeat_at", 0.0))
+        age_s = self.store.now() - float(status.get("heartbeat_at", 0.0))
         if age_s > self.config.fleet.lease_s + self.config.fleet.heartbeat_s:
             self.store.append_event("agent_hung", agent=slot.agent_id, pid=slot.proc.pid,
                                     heartbeat_age_s=round(age_s, 1))
@@ -166,18 +169,13 @@ class Supervisor:
             for proc in live:
                 _signal(proc, sig)
             _wait_all(live, wait_s, self.on_tick_safe)
-        with self.store.lock():
-            for claim in self.store.list_claims():
-                if not process_is_alive(claim.pid, claim.pid_started_at):
-                    self.book.release_dead(claim, reason="fleet stopped")
+        self.book.release_dead(reason="fleet stopped")
 
     def on_tick_safe(self) -> None:
         """Keep the display moving while waiting for agents to stop."""
         self.on_tick(self)
 
     def _max_attempts(self, task_id: str) -> int:
-        from .taskcache import load_cached  # noqa: PLC0415  (rare: only when a claim is stale)
-
         task = load_cached(self.config).tasks.get(task_id)
         return task.max_attempts if task else 1
 
@@ -194,16 +192,26 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 
 def _wait_all(procs: list[subprocess.Popen], timeout_s: float, tick: Callable[[], Any]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+    for _ in poll(STOP_POLL_S, timeout_s=timeout_s):
+        if all(p.poll() is not None for p in procs):
+            return
         tick()
-        time.sleep(0.1)
 
 
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}
 
 
-def run_fleet(config: FleetConfig, options: FleetOptions, *, live: bool, console: Any = None) -> int:
+class Display(AbstractContextManager, Protocol):
+    """What ``run`` shows while the fleet works (the live view of ``ui/``, or anything else)."""
+
+    def update(self) -> None:
+        """Refresh if due; called on every supervision tick."""
+
+    def finish(self) -> dict[str, Any]:
+        """Show the end of the run; return the final status report."""
+
+
+def run_fleet(config: FleetConfig, options: FleetOptions, make_display: Callable[[], Display]) -> int:
     """``coordinator run``: gateway + supervisor + display; returns the exit code."""
     supervisor = Supervisor(config, options)
     previous = {sig: signal.signal(sig, lambda signum, frame: supervisor.request_stop(signal.Signals(signum).name))
@@ -211,12 +219,9 @@ def run_fleet(config: FleetConfig, options: FleetOptions, *, live: bool, console
     gateway = None
     try:
         supervisor.start()  # before the heavy imports below: the first agent boots while they run
-        from rich.console import Console  # noqa: PLC0415
+        from ..gateway.server import start_in_thread, tune_gc  # noqa: PLC0415
 
-        from .gateway.server import start_in_thread, tune_gc  # noqa: PLC0415
-        from .view import FleetDisplay  # noqa: PLC0415
-
-        display = FleetDisplay(config, console or Console(), live=live)
+        display = make_display()
         supervisor.on_tick = lambda s: display.update()
         tune_gc()  # this process serves every agent's inference: measured ~15-20% less CPU per request
         gateway = start_in_thread(config, options.env)

@@ -8,11 +8,11 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from .config import FleetConfig
-from .dashboard import Clock, plain_line, render_dashboard, summary_table
-from .gateway_client import read_gateway
-from .status import build_status
-from .store import FileStore
+from ..config import FleetConfig
+from ..gateway.client import read_gateway
+from ..report.status import build_status
+from ..store import open_store
+from .dashboard import plain_line, render_dashboard, summary_table
 
 PLAIN_EVERY_S = 2.0
 LIVE_EVERY_S = 0.5
@@ -24,11 +24,11 @@ class FleetDisplay:
     def __init__(self, config: FleetConfig, console: Console, *, live: bool) -> None:
         self.config = config
         self.console = console
-        self.store = FileStore(config.state_dir)
-        self.clock = Clock()
+        self.store = open_store(config)
+        self.started = time.monotonic()
         self.live = Live(console=console, refresh_per_second=4, transient=False) if live else None
         self.events: list[dict[str, Any]] = []
-        self.offset = self.store.event_offset()
+        self.cursor = self.store.event_cursor()
         self.shown_at = float("-inf")
         self.last_line = ""
 
@@ -47,16 +47,20 @@ class FleetDisplay:
         if not force and time.monotonic() - self.shown_at < every:
             return
         self.shown_at = time.monotonic()
-        status = build_status(self.config)
-        new, self.offset = self.store.read_events(self.offset)
+        status = build_status(self.config, time.time(), store=self.store)
+        new, self.cursor = self.store.read_events(self.cursor)
         self.events = (self.events + new)[-50:]
         if self.live is not None:
-            self.live.update(render_dashboard(status, self.events, self.clock.elapsed(), self._tokens(status)))
+            self.live.update(render_dashboard(status, self.events, self.elapsed(), self._tokens(status)))
             return
-        line = plain_line(status, self.clock.elapsed())
+        line = plain_line(status, self.elapsed())
         if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self.last_line = line
+
+    def elapsed(self) -> float:
+        """Seconds since the fleet started."""
+        return time.monotonic() - self.started
 
     def _tokens(self, status: dict[str, Any]) -> dict[str, int]:
         info = read_gateway(self.config)
@@ -72,6 +76,6 @@ class FleetDisplay:
         """Print the last progress line (plain mode) and the summary table; returns the final status."""
         if self.live is None:
             self.update(force=True)
-        status = build_status(self.config)
-        self.console.print(summary_table(status, self.clock.elapsed()))
+        status = build_status(self.config, time.time(), store=self.store)
+        self.console.print(summary_table(status, self.elapsed()))
         return status

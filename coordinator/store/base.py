@@ -1,0 +1,195 @@
+"""The store contract: one atomic operation per state change, plus reads and the event feed.
+
+A store holds claims (leases), task records, the event feed and agent
+heartbeats. It is operation-shaped (DESIGN §9): ``claim``, ``renew``, ``finish``,
+``release``, ``reclaim``, ``cancel``, ``retry`` (and ``repair`` for crash leftovers)
+are each one atomic call that validates before it writes, and writes the state
+change together with its event. Callers never take a store-wide lock, so a
+store whose operations are server-side scripts (Redis, later) fits the same seam
+as the file store, whose operations run under its own ``queue.lock``.
+
+Fencing lives in the operations: ``renew``, ``finish`` and ``release`` name the
+claim they act for and are refused with ``ClaimLostError`` (and a ``fenced``
+event) unless that claim is still the live one at its epoch. Which operation may
+move a task from which state is ``tasks.model.TRANSITIONS``; when a claim is
+stale is the claim book's policy (``queue.claims``). ``open_store(config)`` in
+this package is the only constructor callers use.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..tasks.model import State
+
+
+@dataclass
+class Claim:
+    """A live lease on one task, held by one agent process."""
+
+    task: str
+    agent: str
+    pid: int
+    pid_started_at: float
+    host: str
+    claimed_at: float
+    renewed_at: float
+    lease_s: float
+    epoch: int
+    attempt: int
+    child_pid: int | None = None  # the runner's process group, killed if the claim is taken over
+    child_started_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The claim as stored."""
+        return asdict(self)
+
+
+@dataclass
+class Record:
+    """Everything the coordinator knows about one task's progress."""
+
+    id: str
+    state: State = State.PENDING
+    attempts: int = 0
+    epoch: int = 0
+    agent: str | None = None
+    claimed_at: float | None = None
+    finished_at: float | None = None
+    last_error: str | None = None
+    file_hash: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.state = State(self.state)  # from JSON it arrives as a string
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as stored (the state as its plain string)."""
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who is claiming: an agent id and its process identity (pid plus start time, host)."""
+
+    agent: str
+    pid: int
+    pid_started_at: float
+    host: str
+
+
+def claim_from(data: Any) -> Claim | None:
+    """A Claim from stored JSON, or None if it is not one."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Claim(**data)
+    except TypeError:
+        return None
+
+
+def record_from(data: Any) -> Record | None:
+    """A Record from stored JSON, or None if it is not one."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Record(**data)
+    except (TypeError, ValueError):
+        return None
+
+
+class Store(ABC):
+    """The storage contract every backend implements (file, memory; Redis later)."""
+
+    # -- operations: each one atomic, each writes its event -------------------
+
+    @abstractmethod
+    def claim(self, task_id: str, holder: Holder, *, lease_s: float) -> Claim | None:
+        """Claim a pending, unclaimed task (epoch + 1); None if it is not claimable now."""
+
+    @abstractmethod
+    def renew(self, claim: Claim, *, child_pid: int | None = None,
+              child_started_at: float | None = None) -> Claim:
+        """Extend the lease (and note the runner's process); ``ClaimLostError`` if it is no longer ours."""
+
+    @abstractmethod
+    def finish(self, claim: Claim, *, ok: bool, max_attempts: int, error: str | None = None,
+               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Record:
+        """Record an attempt's outcome: done, pending for another attempt, or failed; fenced."""
+
+    @abstractmethod
+    def release(self, claim: Claim, *, reason: str) -> Record:
+        """Give the task back uncounted (the holder is stopping); fenced."""
+
+    @abstractmethod
+    def reclaim(self, claim: Claim, *, reason: str, max_attempts: int, counted: bool = True) -> Record | None:
+        """Take over a claim judged stale, if it is still exactly ``claim``; None if it moved on.
+
+        ``counted`` spends the attempt (a dead or hung holder); uncounted is a
+        release on the holder's behalf (the fleet stopping). A claim left behind
+        by a crash (its record not running at its epoch) is removed.
+        """
+
+    @abstractmethod
+    def cancel(self, task_id: str) -> tuple[Record, Claim | None]:
+        """Cancel a pending or running task; returns the record and the claim it had, if any."""
+
+    @abstractmethod
+    def retry(self, task_id: str) -> Record:
+        """Put a finished task back to pending with fresh attempts."""
+
+    @abstractmethod
+    def repair(self, task_ids: Iterable[str]) -> list[str]:
+        """Put back to pending, uncounted, any of ``task_ids`` left running with no claim; their ids."""
+
+    # -- notes, reads and the feed --------------------------------------------
+
+    @abstractmethod
+    def now(self) -> float:
+        """The store's wall time, which leases are measured in."""
+
+    @abstractmethod
+    def append_event(self, kind: str, **fields: Any) -> None:
+        """Add a note that changes no state (an agent started, a process exited) to the feed."""
+
+    @abstractmethod
+    def read_events(self, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Events after ``cursor`` and the cursor to pass next time."""
+
+    @abstractmethod
+    def event_cursor(self) -> int:
+        """The feed's current end, to start reading from."""
+
+    @abstractmethod
+    def read_claim(self, task_id: str) -> Claim | None:
+        """The live claim on ``task_id``, if any."""
+
+    @abstractmethod
+    def list_claims(self) -> list[Claim]:
+        """Every live claim, in task id order."""
+
+    @abstractmethod
+    def read_record(self, task_id: str) -> Record | None:
+        """The record of ``task_id``; None means never touched (pending)."""
+
+    @abstractmethod
+    def iter_records(self) -> Iterator[Record]:
+        """Every record (O(n): for reports and start-up, never the claim path)."""
+
+    @abstractmethod
+    def write_agent(self, agent_id: str, status: dict[str, Any]) -> None:
+        """Publish an agent's heartbeat and status."""
+
+    @abstractmethod
+    def read_agent(self, agent_id: str) -> dict[str, Any] | None:
+        """One agent's last published status."""
+
+    @abstractmethod
+    def read_agents(self) -> list[dict[str, Any]]:
+        """Every agent's last published status, by agent id."""

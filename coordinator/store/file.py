@@ -1,0 +1,120 @@
+"""The embedded default store: one folder of small JSON files (DESIGN §2).
+
+Claims are ``claims/<id>.json``, records ``records/<id>.json``, heartbeats
+``agents/<agent>.json``, and the event feed ``events.jsonl``. Operations run
+under ``queue.lock``, a ``filelock.FileLock``: an ``flock(2)`` lock, which the
+kernel frees when its holder dies, so the lock itself can never go stale.
+Every file is written atomically (``atomic.py``), so a reader sees the old or the
+new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from ..atomic import read_json, write_json_atomic
+from ..clock import REAL_CLOCK, Clock
+from .base import Claim, Record, claim_from, record_from
+from .locked import LockedStore
+
+# How often a waiter re-tries queue.lock. The critical sections are well under a
+# millisecond, so the default 50 ms poll would dominate claim latency.
+LOCK_POLL_S = 0.0005
+
+
+class FileStore(LockedStore):
+    """State as files under ``state_dir``; safe across processes on one host."""
+
+    def __init__(self, state_dir: Path, clock: Clock = REAL_CLOCK) -> None:
+        super().__init__(clock)
+        self.root = state_dir
+        self.claims_dir = state_dir / "claims"
+        self.records_dir = state_dir / "records"
+        self.agents_dir = state_dir / "agents"
+        self.events_path = state_dir / "events.jsonl"
+        for folder in (self.claims_dir, self.records_dir, self.agents_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._file_lock = FileLock(state_dir / "queue.lock", poll_interval=LOCK_POLL_S)
+
+    def _lock(self) -> FileLock:
+        return self._file_lock
+
+    def _put_claim(self, claim: Claim) -> None:
+        write_json_atomic(self.claims_dir / f"{claim.task}.json", claim.to_json())
+
+    def _drop_claim(self, task_id: str) -> None:
+        try:
+            (self.claims_dir / f"{task_id}.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def _put_record(self, record: Record) -> None:
+        write_json_atomic(self.records_dir / f"{record.id}.json", record.to_json())
+
+    def _put_event(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
+        # One write() on an O_APPEND descriptor: concurrent appenders never interleave.
+        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def read_claim(self, task_id: str) -> Claim | None:
+        return claim_from(read_json(self.claims_dir / f"{task_id}.json"))
+
+    def list_claims(self) -> list[Claim]:
+        names = sorted(n for n in os.listdir(self.claims_dir) if n.endswith(".json") and not n.startswith("."))
+        claims = (claim_from(read_json(self.claims_dir / n)) for n in names)
+        return [c for c in claims if c is not None]
+
+    def read_record(self, task_id: str) -> Record | None:
+        return record_from(read_json(self.records_dir / f"{task_id}.json"))
+
+    def iter_records(self) -> Iterator[Record]:
+        with os.scandir(self.records_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                    record = record_from(read_json(Path(entry.path)))
+                    if record is not None:
+                        yield record
+
+    def read_events(self, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
+        try:
+            with open(self.events_path, "rb") as fh:
+                fh.seek(cursor)
+                data = fh.read()
+        except FileNotFoundError:
+            return [], cursor
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        events = []
+        for line in data[:end].splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line from a crashed writer carries nothing we can act on
+        return events, cursor + end
+
+    def event_cursor(self) -> int:
+        try:
+            return self.events_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def write_agent(self, agent_id: str, status: dict[str, Any]) -> None:
+        write_json_atomic(self.agents_dir / f"{agent_id}.json", status)
+
+    def read_agent(self, agent_id: str) -> dict[str, Any] | None:
+        data = read_json(self.agents_dir / f"{agent_id}.json")
+        return data if isinstance(data, dict) else None
+
+    def read_agents(self) -> list[dict[str, Any]]:
+        names = sorted(n for n in os.listdir(self.agents_dir) if n.endswith(".json") and not n.startswith("."))
+        found = (self.read_agent(name[:-5]) for name in names)
+        return [data for data in found if data is not None]

@@ -1,0 +1,197 @@
+"""Task files on disk → a TaskSet: scanning the tasks folder, and the per-file parse cache.
+
+Each file is parsed on its own by ``parse.py`` and kept by ``TaskIndex`` under
+its (mtime_ns, size, inode), so an agent re-reads only files that changed;
+``graph.py`` then resolves ids and dependencies across files. Bad input is never
+raised: every problem becomes one ``InvalidFile`` line naming the file, the line
+when known, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import FleetConfig
+from .graph import FileResult, TaskSet, build_taskset
+from .parse import TaskFileParser
+
+# Files written this recently may still change within one mtime tick; they are re-read once more.
+RACY_NS = 1_000_000_000
+
+
+class TaskIndex:
+    """Task files parsed once and kept by (path, mtime_ns, size, inode); refresh() re-reads changes only."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        self.parser = TaskFileParser(config)
+        self.tasks_dir = Path(config.root).resolve() / config.fleet.tasks_dir
+        self.prefix = _display_prefix(self.parser.root, self.tasks_dir)
+        self._files: dict[str, _Cached] = {}
+        self._taskset: TaskSet | None = None
+        self.dirty = False  # parsed something since prime(): worth saving (taskcache.py)
+
+    def export(self) -> tuple[dict[str, _Cached], TaskSet | None]:
+        """The parsed files by source path and the TaskSet built from them, for the persistent cache."""
+        return self._files, self._taskset
+
+    def prime(self, files: dict[str, _Cached], taskset: TaskSet | None) -> None:
+        """Start from an earlier parse (taskcache.py); refresh() still re-checks every file's key."""
+        self._files, self._taskset = files, taskset
+
+    @property
+    def parsed(self) -> int:
+        """How many times a file was parsed (tests use it to prove unchanged files are skipped)."""
+        return self.parser.parsed
+
+    def refresh(self) -> TaskSet:
+        """The current TaskSet; re-parses only new or changed files (shared object: do not mutate)."""
+        with no_gc():
+            found = scan_folder(self.tasks_dir, self.prefix)
+            changed = self._taskset is None or found.keys() != self._files.keys()
+            now = time.time_ns()
+            files: dict[str, _Cached] = {}
+            for source, (path, key) in found.items():
+                old = self._files.get(source)
+                if old is not None and old.key == key and not old.racy:
+                    files[source] = old
+                    continue
+                result = self.parser.parse(path, source, key)
+                files[source] = _Cached(key, result, len(key) == 3 and abs(now - key[0]) < RACY_NS)
+                self.dirty = True
+                changed = changed or old is None or old.result != result
+            self.dirty = self.dirty or files.keys() != self._files.keys()
+            self._files = files
+            if changed:
+                ordered = [files[source].result for source in sorted(files)]
+                self._taskset = build_taskset(ordered, self.parser.locate)
+        assert self._taskset is not None
+        return self._taskset
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while parsing: thousands of new acyclic objects would trigger it
+    over and over (it cost about half of a cold load of 10,000 files)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@dataclass
+class _Cached:
+    key: tuple[Any, ...]
+    result: FileResult
+    racy: bool
+
+
+def load_tasks(config: FleetConfig) -> TaskSet:
+    """Every task file under the fleet's tasks folder, validated (never raises for bad files)."""
+    return TaskIndex(config).refresh()
+
+
+def load_paths(config: FleetConfig, paths: list[Path]) -> TaskSet:
+    """Only the given files and folders (for ``coordinator validate PATH...``), resolved among themselves."""
+    parser = TaskFileParser(config)
+    found: dict[str, tuple[str, tuple[Any, ...]]] = {}
+    for given in paths:
+        path = Path(given)
+        shown = _display_prefix(parser.root, path.absolute()).rstrip("/")
+        if path.is_dir():
+            found.update(scan_folder(path, shown + "/"))
+        else:
+            found[shown] = (str(path), stat_key(path))
+    # Path order by real location, so files outside the root interleave as they lie on disk.
+    order = sorted(found, key=lambda source: os.path.abspath(found[source][0]))
+    with no_gc():
+        results = [parser.parse(found[source][0], source, found[source][1]) for source in order]
+        return build_taskset(results, parser.locate)
+
+
+def scan_folder(top: Path, prefix: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """``{source: (path, key)}`` for every ``*.toml`` under ``top``, hidden names skipped.
+
+    ``key`` is (mtime_ns, size, inode) for a regular file, else a one-word problem
+    tuple. Folder symlinks are followed once each (loops are cut by inode).
+    """
+    found: dict[str, tuple[str, tuple[Any, ...]]] = {}
+    try:
+        top_stat = os.stat(top)
+    except OSError:
+        return found  # no tasks folder yet: no tasks
+    visited = {(top_stat.st_dev, top_stat.st_ino)}
+    stack = [(str(top), prefix)]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            found[rel.rstrip("/")] = (folder, ("unlistable",))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # editor swap files, .git and the like
+            source = rel + entry.name
+            if entry.name.endswith(".toml"):
+                key = stat_key(entry)  # one stat tells file from folder (d_type may be missing)
+                found[source] = (entry.path, key)
+                if key != ("folder",):
+                    continue
+            elif not _is_dir(entry):
+                continue
+            _descend(entry, source, stack, visited)
+    return found
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _descend(entry: os.DirEntry[str], source: str, stack: list[tuple[str, str]],
+             visited: set[tuple[int, int]]) -> None:
+    try:
+        st = entry.stat()
+    except OSError:
+        return
+    ident = (st.st_dev, st.st_ino)
+    if ident not in visited:
+        visited.add(ident)
+        stack.append((entry.path, source + "/"))
+
+
+def stat_key(entry: os.DirEntry[str] | Path) -> tuple[Any, ...]:
+    """(mtime_ns, size, inode) of a regular file, or a problem tuple: ("folder",), ("special",), ..."""
+    try:
+        info = entry.stat()
+    except OSError as exc:
+        broken = entry.is_symlink() if isinstance(entry, os.DirEntry) else Path(entry).is_symlink()
+        return ("broken-symlink",) if broken else ("unreadable", exc.strerror or str(exc))
+    if stat.S_ISREG(info.st_mode):
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+    return ("folder",) if stat.S_ISDIR(info.st_mode) else ("special",)
+
+
+def _display_prefix(root: Path, folder: Path) -> str:
+    """How paths under ``folder`` are shown: relative to the fleet root (posix) when inside it."""
+    try:
+        rel = folder.resolve().relative_to(root)
+    except (ValueError, OSError):
+        return folder.as_posix().rstrip("/") + "/"
+    text = rel.as_posix()
+    return "" if text == "." else text + "/"
+
+

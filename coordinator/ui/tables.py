@@ -1,0 +1,128 @@
+"""Rendering of the reports ``report/`` builds: task lists, task details, the status report.
+
+Every function here takes plain data (rows, dicts) and draws it; none reads the
+store, the task files or the clock.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ..report.rows import STATES, TaskRow
+
+STATE_STYLES = {"pending": "white", "blocked": "yellow", "running": "cyan", "done": "green",
+                "failed": "red", "invalid": "red", "cancelled": "dim"}
+
+
+ANSI = {"white": "", "yellow": "\x1b[33m", "cyan": "\x1b[36m", "green": "\x1b[32m", "red": "\x1b[31m",
+        "dim": "\x1b[2m"}
+
+
+def task_table(rows: list[TaskRow], out: TextIO | None = None, *, color: bool | None = None) -> None:
+    """Tasks as aligned columns, one line each, in priority order.
+
+    Plain formatted lines rather than a rich Table: rich lays out every cell of
+    every row, which takes seconds for 10,000 tasks; this takes milliseconds.
+    """
+    out = out or sys.stdout
+    color = out.isatty() if color is None else color
+    header = ("ID", "STATE", "PRI", "TRIES", "AGENT", "TITLE / REASON")
+    cells = [(r.id, r.state, str(r.priority), f"{r.attempts}/{r.max_attempts}", r.agent or "-",
+              r.title if not r.reason else f"{r.title} — {r.reason}") for r in rows]
+    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(5)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[5]]
+    for cell in cells:
+        state = cell[1].ljust(widths[1])
+        if color:
+            state = f"{ANSI[STATE_STYLES.get(cell[1], 'white')]}{state}\x1b[0m"
+        lines.append("  ".join([cell[0].ljust(widths[0]), state, *(c.ljust(w) for c, w in
+                                                                    zip(cell[2:5], widths[2:5]))]) + "  " + cell[5])
+    if not rows:
+        lines.append("no tasks")
+    out.write("\n".join(lines) + "\n")
+
+
+def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
+    """A readable view of ``report.rows.task_detail``."""
+    console = console or Console()
+    task, record = data["task"], data["record"] or {}
+    style = STATE_STYLES.get(data["state"], "white")
+    console.print(f"[bold]{task['id']}[/]  [{style}]{data['state']}[/]  priority {task['priority']}  "
+                  f"attempts {record.get('attempts', 0)}/{task['max_attempts']}")
+    # Everything below holds user text (file names, error output, agent ids): never parse it as markup.
+    console.print(f"source: {task.get('source', '-')}", markup=False)
+    if data["reason"]:
+        console.print(f"reason: {data['reason']}", markup=False)
+    if task.get("depends_on"):
+        console.print(f"depends on: {', '.join(task['depends_on'])}", markup=False)
+    if data["claim"]:
+        claim = data["claim"]
+        console.print(f"claimed by {claim['agent']} (pid {claim['pid']}), epoch {claim['epoch']}", markup=False)
+    for entry in record.get("history", []):
+        error = f" — {entry['error']}" if entry.get("error") else ""
+        console.print(f"  attempt {entry['attempt']}: {entry['outcome']} by {entry['agent']}{error}", markup=False)
+    if record.get("usage"):
+        console.print(f"usage: {record['usage']}", markup=False)
+    console.print(f"runs: {data['runs_dir']}", markup=False)
+    console.print("prompt:", markup=False)
+    console.print(task["prompt"], markup=False, highlight=False)
+
+
+def render_status(status: dict[str, Any]) -> RenderableType:
+    """The status report as rich renderables (queue, agents, gateway, problems)."""
+    parts: list[RenderableType] = [queue_line(status["tasks"]), agents_table(status["agents"]),
+                                   gateway_line(status["gateway"])]
+    for claim in status["stale_claims"]:
+        parts.append(Text(f"stale claim: {claim['task']} held by {claim['agent']} (pid {claim['pid']}, "
+                          f"{claim['reason']}, {claim['age_s']}s)", style="yellow"))
+    for bad in status["invalid_files"]:
+        parts.append(Text(f"invalid: {bad['error']}", style="red"))
+    health = "healthy" if status["healthy"] else "unhealthy: " + "; ".join(status["problems"])
+    parts.append(Text(health, style="green" if status["healthy"] else "bold red"))
+    return Group(*parts)
+
+
+def queue_line(counts: dict[str, int]) -> Text:
+    """``pending 3  running 2  done 10 ...`` with each state coloured."""
+    text = Text("tasks  ")
+    for state in STATES:
+        text.append(f"{state} {counts.get(state, 0)}  ", style=STATE_STYLES.get(state, "white"))
+    return text
+
+
+def agents_table(agents: list[dict[str, Any]], tokens: dict[str, int] | None = None) -> Table:
+    """One row per agent: state, task, elapsed, heartbeat age, tokens, done/failed."""
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for name in ("AGENT", "PID", "STATE", "TASK", "ELAPSED", "BEAT", "TOKENS", "DONE", "FAILED"):
+        table.add_column(name, no_wrap=True)
+    for agent in agents:
+        elapsed = agent.get("task_elapsed_s")
+        used = (tokens or {}).get(agent["task"] or "", 0)
+        style = {"dead": "red", "running": "cyan"}.get(agent["state"], "white")
+        table.add_row(escape(str(agent["id"])), str(agent["pid"]), f"[{style}]{agent['state']}[/]",
+                      escape(agent["task"] or "-"), f"{elapsed:.0f}s" if elapsed is not None else "-",
+                      f"{agent['heartbeat_age_s']:.1f}s", str(used) if used else "-",
+                      str(agent["done"]), str(agent["failed"]))
+    if not agents:
+        table.add_row("(no agents)", "", "", "", "", "", "", "", "")
+    return table
+
+
+def gateway_line(gateway: dict[str, Any]) -> Text:
+    """Requests, upstream calls, dedup and cache figures, USD and USD saved."""
+    where = gateway["url"] if gateway["running"] else ("unreachable" if gateway.get("unreachable") else "stopped")
+    return Text(f"gateway {where}  requests {gateway['requests']}  upstream {gateway['upstream_calls']}  "
+                f"joined {gateway['dedup_joined']}  hits {gateway['dedup_hits']}  "
+                f"cache read {gateway['cache_read_tokens']} / write {gateway['cache_write_tokens']} tok  "
+                f"${gateway['usd']:.4f} (saved ${gateway['usd_saved']:.4f})")
+
+
+def print_status(status: dict[str, Any], console: Console | None = None) -> None:
+    """Print the rendered report."""
+    (console or Console()).print(render_status(status))
