@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class Clock:
@@ -83,12 +83,13 @@ REAL_CLOCK = Clock()
 
 
 def poll(step_s: float, *, timeout_s: float | None = None, wake: threading.Event | None = None,
-         clock: Clock = REAL_CLOCK) -> Iterator[float]:
+         clock: Clock = REAL_CLOCK, wait: Callable[[float], object] | None = None) -> Iterator[float]:
     """Yield seconds elapsed, waiting ``step_s`` between turns, until ``timeout_s`` has passed.
 
     The caller's ``break`` ends the wait; running out of time ends the loop
     (check the condition after it). ``wake`` cuts a wait short, and is cleared
-    before the next turn so one set wakes one turn.
+    before the next turn so one set wakes one turn. ``wait`` replaces the pause
+    with a blocking call that may return early (``Popen.wait`` with a timeout).
     """
     start = clock.now()
     while True:
@@ -99,6 +100,9 @@ def poll(step_s: float, *, timeout_s: float | None = None, wake: threading.Event
         pause = step_s - (clock.now() - before)
         if timeout_s is not None:
             pause = min(pause, timeout_s - (clock.now() - start))
-        clock.wait(max(0.0, pause), wake)
+        if wait is not None:
+            wait(max(0.0, pause))
+        else:
+            clock.wait(max(0.0, pause), wake)
         if wake is not None:
             wake.clear()

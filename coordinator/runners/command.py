@@ -13,8 +13,6 @@ import time
 from . import RunContext, RunResult, check_acceptance
 from .process import run_process
 
-GATEWAY_VARS = ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY")
-
 
 def build_argv(ctx: RunContext) -> list[str]:
     """The agent's command with this task's placeholders filled in."""

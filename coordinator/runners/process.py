@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..clock import poll
 
 POLL_S = 0.05
 KILL_GRACE_S = 2.0
@@ -57,20 +58,26 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdou
             return ProcessResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
         if on_spawn is not None:
             on_spawn(proc.pid)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                code = proc.wait(timeout=POLL_S)
+        for _ in poll(POLL_S, timeout_s=timeout_s, wait=lambda s: _wait_exit(proc, s)):
+            code = proc.poll()
+            if code is not None:
                 return ProcessResult(code)
-            except subprocess.TimeoutExpired:
-                pass
-            if time.monotonic() >= deadline:
-                kill_group(proc)
-                return ProcessResult(proc.returncode, timed_out=True)
             reason = should_stop()
             if reason:
                 kill_group(proc)
                 return ProcessResult(proc.returncode, stopped=reason)
+        if proc.poll() is not None:
+            return ProcessResult(proc.returncode)
+        kill_group(proc)
+        return ProcessResult(proc.returncode, timed_out=True)
+
+
+def _wait_exit(proc: subprocess.Popen, seconds: float) -> None:
+    """Block until the child exits or ``seconds`` pass."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -1,6 +1,6 @@
 """What ``coordinator run`` shows: a live rich view on a TTY, plain lines otherwise, a summary at the end.
 
-Every view is a pure function of a status dict (``status.build_status``) plus
+Every view is a pure function of a status dict (``report.status.build_status``) plus
 recent events, so tests render them into a fixed-width Console and compare text.
 """
 
@@ -15,9 +15,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ..tasks.model import FINISHED
 from .tables import agents_table, gateway_line, queue_line
 
-FINISHED = ("done", "failed", "cancelled")
 SHOWN_EVENTS = ("claimed", "done", "failed", "retrying", "reclaimed", "released", "fenced", "cancelled",
                 "agent_exited", "agent_spawned")
 
@@ -25,7 +25,7 @@ SHOWN_EVENTS = ("claimed", "done", "failed", "retrying", "reclaimed", "released"
 def progress(counts: dict[str, int]) -> tuple[int, int]:
     """(finished, total) over valid tasks."""
     total = sum(v for k, v in counts.items() if k != "invalid")
-    return sum(counts.get(k, 0) for k in FINISHED), total
+    return sum(counts.get(state, 0) for state in FINISHED), total
 
 
 def event_line(event: dict[str, Any]) -> str:
