@@ -15,11 +15,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ..report.events import SHOWN_EVENTS
 from ..tasks.model import FINISHED
 from .tables import agents_table, gateway_line, queue_line
-
-SHOWN_EVENTS = ("claimed", "done", "failed", "retrying", "reclaimed", "released", "fenced", "cancelled",
-                "agent_exited", "agent_spawned")
 
 
 def progress(counts: dict[str, int]) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from rich.live import Live
 
 from ..config import FleetConfig
 from ..gateway.client import read_gateway
+from ..report.events import RecentEvents
 from ..report.status import build_status
 from ..store import open_store
 from .dashboard import plain_line, render_dashboard, summary_table
@@ -27,8 +28,7 @@ class FleetDisplay:
         self.store = open_store(config)
         self.started = time.monotonic()
         self.live = Live(console=console, refresh_per_second=4, transient=False) if live else None
-        self.events: list[dict[str, Any]] = []
-        self.cursor = self.store.event_cursor()
+        self.events = RecentEvents(self.store)
         self.shown_at = float("-inf")
         self.last_line = ""
 
@@ -48,10 +48,9 @@ class FleetDisplay:
             return
         self.shown_at = time.monotonic()
         status = build_status(self.config, time.time(), store=self.store)
-        new, self.cursor = self.store.read_events(self.cursor)
-        self.events = (self.events + new)[-50:]
+        events = self.events.refresh()
         if self.live is not None:
-            self.live.update(render_dashboard(status, self.events, self.elapsed(), self._tokens(status)))
+            self.live.update(render_dashboard(status, events, self.elapsed(), self._tokens(status)))
             return
         line = plain_line(status, self.elapsed())
         if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
