@@ -236,16 +236,13 @@ def run(ctx: typer.Context,
                            until_empty=until_empty if until_empty is not None else not sys.stdin.isatty(),
                            agent_override=agent_name, env=dict(os.environ))
     live = not no_dashboard and sys.stdout.isatty()
-    raise typer.Exit(run_fleet(config, options, lambda: _display(config, live)))
 
+    def make_display() -> Any:  # rich is imported only once the first agent is booting (fleet/supervisor.py)
+        from .ui.live import FleetDisplay  # noqa: PLC0415
 
-def _display(config: Any, live: bool) -> Any:
-    """The live view (or plain progress lines) that ``run`` shows; rich is imported only here."""
-    from rich.console import Console  # noqa: PLC0415
+        return FleetDisplay(config, live=live)
 
-    from .ui.live import FleetDisplay  # noqa: PLC0415
-
-    return FleetDisplay(config, Console(), live=live)
+    raise typer.Exit(run_fleet(config, options, make_display))
 
 
 @app.command()
@@ -258,17 +255,13 @@ def status(ctx: typer.Context, as_json: JsonOpt = False,
     import time  # noqa: PLC0415
 
     from .report.status import build_status  # noqa: PLC0415
-    from .ui.tables import print_status, render_status  # noqa: PLC0415
+    from .ui.tables import print_status  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     if watch:
-        from rich.live import Live  # noqa: PLC0415
+        from .ui.live import watch_status  # noqa: PLC0415
 
-        from .clock import poll  # noqa: PLC0415
-
-        with Live(render_status(build_status(config, time.time())), refresh_per_second=2) as live:
-            for _ in poll(WATCH_EVERY_S):
-                live.update(render_status(build_status(config, time.time())))
+        watch_status(lambda: build_status(config, time.time()), WATCH_EVERY_S)
     one_shot()
     report = build_status(config, time.time())
     if as_json:

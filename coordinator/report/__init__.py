@@ -1,0 +1,1 @@
+"""Read models as plain data, no rich: task rows and details (``rows``), status (``status``), events, logs."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
+from ..clock import poll
 from ..config import FleetConfig
 from ..gateway.client import read_gateway
 from ..report.events import RecentEvents
 from ..report.status import build_status
 from ..store import open_store
 from .dashboard import plain_line, render_dashboard, summary_table
+from .tables import render_status
 
 PLAIN_EVERY_S = 2.0
 LIVE_EVERY_S = 0.5
@@ -22,9 +25,9 @@ LIVE_EVERY_S = 0.5
 class FleetDisplay:
     """Rebuilds the status at most every half second and shows it."""
 
-    def __init__(self, config: FleetConfig, console: Console, *, live: bool) -> None:
+    def __init__(self, config: FleetConfig, console: Console | None = None, *, live: bool) -> None:
         self.config = config
-        self.console = console
+        self.console = console or Console()
         self.store = open_store(config)
         self.started = time.monotonic()
         self.live = Live(console=console, refresh_per_second=4, transient=False) if live else None
@@ -78,3 +81,10 @@ class FleetDisplay:
         status = build_status(self.config, time.time(), store=self.store)
         self.console.print(summary_table(status, self.elapsed()))
         return status
+
+
+def watch_status(build: Callable[[], dict[str, Any]], every_s: float) -> None:
+    """``status --watch``: redraw the status report every ``every_s`` until interrupted."""
+    with Live(render_status(build()), refresh_per_second=2) as live:
+        for _ in poll(every_s):
+            live.update(render_status(build()))
