@@ -240,7 +240,7 @@ class Agent:
         return counts.ready == 0 and counts.running == 0
 
     def publish(self, state: str) -> None:
-        """Write this agent's heartbeat file (DESIGN §2: agents/<agent>.json)."""
+        """Write this agent's heartbeat file, agents/<agent>.json."""
         current = self.current
         status: dict[str, Any] = {
             "id": self.agent_id, "pid": self.holder.pid, "pid_started_at": self.holder.pid_started_at,

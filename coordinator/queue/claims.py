@@ -1,4 +1,4 @@
-"""The claim protocol's policy (DESIGN §5): who holds a claim, when it is stale, what a takeover does.
+"""The claim protocol's policy (docs/architecture.md, "The claim protocol"): who holds a claim, when it is stale, what a takeover does.
 
 The store makes each state change atomic and fenced (``store.base``); this
 module decides *when* to make them. A claim is stale when

@@ -1,4 +1,4 @@
-"""The fleet status report (DESIGN §8) as plain data: built once, rendered by ``ui/`` or sent as JSON.
+"""The fleet status report (`status --json`, docs/architecture.md) as plain data: built once, rendered by ``ui/`` or sent as JSON.
 
 It works with or without a running fleet: agents are judged by their heartbeats
 and psutil, claims by the same staleness rule the protocol uses, and the gateway
@@ -23,7 +23,7 @@ from .rows import FleetSnapshot, snapshot
 
 def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = None,
                  store: Store | None = None) -> dict[str, Any]:
-    """The whole report as the stable JSON shape of DESIGN §8, as of wall time ``now``."""
+    """The whole report as the stable JSON shape of `status --json`, as of wall time ``now``."""
     store = store or open_store(config)
     snap = snap or snapshot(config, store)
     claims_by_agent = {c.agent: c for c in snap.claims}

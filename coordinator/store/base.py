@@ -1,7 +1,7 @@
 """The store contract: one atomic operation per state change, plus reads and the event feed.
 
 A store holds claims (leases), task records, the event feed and agent
-heartbeats. It is operation-shaped (DESIGN §9): ``claim``, ``renew``, ``finish``,
+heartbeats. It is operation-shaped (docs/architecture.md, "The store seam"): ``claim``, ``renew``, ``finish``,
 ``release``, ``reclaim``, ``cancel``, ``retry`` (and ``repair`` for crash leftovers)
 are each one atomic call that validates before it writes, and writes the state
 change together with its event. Callers never take a store-wide lock, so a

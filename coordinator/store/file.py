@@ -1,4 +1,4 @@
-"""The embedded default store: one folder of small JSON files (DESIGN §2).
+"""The embedded default store: one folder of small JSON files (docs/architecture.md, "State on disk").
 
 Claims are ``claims/<id>.json``, records ``records/<id>.json``, heartbeats
 ``agents/<agent>.json``, and the event feed ``events.jsonl``. Operations run

@@ -2,7 +2,7 @@
 
 ``tasks.py`` parses each file on its own (so unchanged files are never
 re-parsed); this module combines the per-file results into one ``TaskSet``.
-The rules, from DESIGN §3: the first file in path order keeps an id; every task
+The rules (docs/architecture.md, "Task states"): the first file in path order keeps an id; every task
 in a dependency cycle is invalid; a task whose dependency is unknown, invalid or
 itself blocked is ``blocked`` (kept among the valid tasks, with a reason).
 """

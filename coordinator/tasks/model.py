@@ -1,7 +1,7 @@
 """What a task is: the Task model, its states and their legal transitions, the id and priority rules.
 
 One ``State`` enum names every state; ``TRANSITIONS`` is the one table of which
-operation may move a task from which state to which (DESIGN §3, "Lifecycle").
+operation may move a task from which state to which (docs/architecture.md, "Task states").
 Stores consult it inside their operations, so no other module decides whether,
 say, a done task may be cancelled. ``blocked`` and ``invalid`` are derived for
 display and never stored.
