@@ -12,12 +12,11 @@ rebuilt: the cache can make a read faster, never wrong.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ..atomic import write_bytes_atomic
 from ..config import FleetConfig
 from .graph import TaskSet
 from .index import TaskIndex, no_gc
@@ -68,10 +67,8 @@ def save_index(config: FleetConfig, index: TaskIndex) -> None:
     path = cache_path(config)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tasks.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump((cache_key(config), index.export()), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        data = pickle.dumps((cache_key(config), index.export()), protocol=pickle.HIGHEST_PROTOCOL)
+        write_bytes_atomic(path, data)
     except OSError:
         return  # a read-only or full state dir costs speed, not correctness
     index.dirty = False
