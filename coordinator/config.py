@@ -1,6 +1,7 @@
 """fleet.toml → frozen pydantic models, parsed once at the edge.
 
-Every key has a default, so a missing fleet.toml means all defaults. Errors are
+Every key has a default, so an empty fleet.toml means all defaults; a fleet root
+is a folder holding one, found by walking up as git finds ``.git``. Errors are
 ``ConfigError`` naming the file, the key and the fix. Core code receives a
 ``FleetConfig`` and never reads the environment itself; the one exception is
 ``ROOT_ENV``, resolved here for the CLI.
@@ -174,21 +175,32 @@ class FleetConfig(_Strict):
         return self.root / CONFIG_NAME
 
 
+def find_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding a fleet.toml, as git finds ``.git``."""
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    return None
+
+
 def resolve_root(root: str | Path | None) -> Path:
-    """The fleet root: ``-C``, else ``$COORDINATOR_ROOT``, else the current folder."""
+    """The fleet root: the nearest fleet.toml at or above ``-C``, else ``$COORDINATOR_ROOT``, else here."""
     chosen = root if root is not None else os.environ.get(ROOT_ENV) or "."
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise ConfigError(f"fleet root {str(path)!r} is not a folder; pass -C DIR with an existing folder")
-    return path.resolve()
+    found = find_root(path.resolve())
+    if found is None:
+        if (path / CONFIG_NAME).exists():
+            raise ConfigError("is not a file; make it the fleet's TOML config", path=path / CONFIG_NAME)
+        raise ConfigError(f"no {CONFIG_NAME} in {path.resolve()} or above; run `coordinator init` or pass -C DIR")
+    return found
 
 
 def load_config(root: str | Path | None = None) -> FleetConfig:
-    """Read ``fleet.toml`` under the fleet root (all defaults when it is missing)."""
+    """Read the fleet.toml found at or above ``root`` (see ``resolve_root``)."""
     base = resolve_root(root)
     path = base / CONFIG_NAME
-    if not path.exists():
-        return FleetConfig(root=base)
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text)

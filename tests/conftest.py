@@ -28,8 +28,7 @@ def make_fleet(tmp_path: Path) -> Callable[..., Path]:
     def make(fleet_toml: str = "", tasks: dict[str, str] | None = None, name: str = "fleet") -> Path:
         root = tmp_path / name
         (root / "tasks").mkdir(parents=True, exist_ok=True)
-        if fleet_toml:
-            (root / "fleet.toml").write_text(textwrap.dedent(fleet_toml))
+        (root / "fleet.toml").write_text(textwrap.dedent(fleet_toml))  # empty: all defaults
         for rel, text in (tasks or {}).items():
             path = root / "tasks" / rel
             path.parent.mkdir(parents=True, exist_ok=True)

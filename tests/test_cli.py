@@ -425,7 +425,7 @@ BAD_CONFIGS = [
     ('[agents.c]\nkind = "command"\n', "fleet.toml: agents.c.command: a command agent needs command"),
     ("[fleet]\nlease_s = -1\n", "fleet.toml:2: fleet.lease_s: Input should be greater than 0"),
     (b'[agents.llm]\nsystem = "caf\xe9"\n', "fleet.toml: file is not UTF-8"),
-    (None, "fleet.toml: cannot read it (Is a directory)"),
+    (None, "fleet.toml: is not a file"),
 ]
 
 
@@ -435,6 +435,7 @@ def test_bad_fleet_toml_is_one_line_exit_2(make_fleet, monkeypatch, capsys, cont
                                            command: tuple[str, ...]) -> None:
     root = make_fleet(tasks={"a.toml": 'prompt = "a"\n'})
     if content is None:
+        (root / "fleet.toml").unlink()
         (root / "fleet.toml").mkdir()
     else:
         (root / "fleet.toml").write_bytes(content.encode() if isinstance(content, str) else content)
@@ -697,6 +698,7 @@ def test_subprocess_usage_errors_are_one_line(make_fleet, args: tuple[str, ...],
 def test_subprocess_add_into_a_tasks_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     root = tmp_path / "fleet"
     root.mkdir()
+    (root / "fleet.toml").write_text("")
     (root / "tasks").write_text("not a folder")
     result = run_cli(root, "add", "hello")
     assert result.returncode == 2 and "Traceback" not in result.stderr
