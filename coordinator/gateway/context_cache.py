@@ -123,6 +123,7 @@ class WarmupBarrier:
         self.wait_s = wait_s
         self.ttl_s = ttl_s
         self.clock = clock
+        self.waiting = 0  # requests held right now, behind a warmer
         self._warm: dict[bytes, float] = {}
         self._warming: dict[bytes, asyncio.Event] = {}
 
@@ -143,11 +144,14 @@ class WarmupBarrier:
             if event is None:
                 self._warming[key] = asyncio.Event()
                 return True
+            self.waiting += 1
             try:
                 async with asyncio.timeout_at(deadline):
                     await event.wait()
             except TimeoutError:
                 return False  # bounded: go without the cache rather than wait on
+            finally:
+                self.waiting -= 1
         return False
 
     def release(self, key: bytes, *, warmed: bool) -> None:
