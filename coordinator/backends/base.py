@@ -4,9 +4,11 @@ The gateway is a faithful proxy: it parses a request body once (for the dedup ke
 the context cache and accounting), then hands the backend an ``UpstreamRequest``
 and gets back an ``UpstreamResponse`` holding either the whole body or the raw
 bytes of an SSE stream, with the upstream's headers as they came (the gateway
-relays what the dialect's header rules allow). Backends translate their transport's and SDK's
-exceptions here, at the boundary, into ``RetryableError`` / ``FatalBackendError``;
-nothing above ``backends/`` imports an SDK. Retries live in the gateway, so
+relays what the dialect's header rules allow). The request's wire rules (URL
+joining, which client headers may go upstream, how a stream ends) are its
+``dialect``'s. Backends translate their transport's and SDK's exceptions here, at
+the boundary, into ``RetryableError`` / ``FatalBackendError``; nothing above
+``backends/`` imports an SDK. Retries live in the gateway, so
 backends never retry on their own.
 """
 
