@@ -9,8 +9,11 @@
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
     └── BackendError(backend)
         ├── RetryableError(retry_after_s)
+        │   └── MalformedEventError(event)  an SSE event that is not UTF-8, or not the JSON expected
         ├── FatalBackendError(status)
-        └── CircuitOpenError(until)
+        │   └── CacheControlError           a request breaks a prompt-caching rule (400)
+        ├── CircuitOpenError(until)
+        └── StreamBrokenError(usage)        a stream failed after clients received part of it
 
 Foreign exceptions (SDKs, OS, TOML) are translated once, at the boundary that
 meets them (``raise X(msg) from exc``). ``cli.py`` catches ``CoordinatorError``
@@ -20,6 +23,7 @@ once, prints ``str(err)`` on one line and exits with ``err.exit_code``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class CoordinatorError(Exception):
@@ -111,4 +115,36 @@ class CircuitOpenError(BackendError):
                  retry_after_s: float = 1.0) -> None:
         self.until = until
         self.retry_after_s = retry_after_s
+        super().__init__(message, backend=backend)
+
+
+class MalformedEventError(RetryableError):
+    """An SSE event that is not UTF-8, or whose data is not the JSON object it should be.
+
+    A malformed answer is worth retrying before anything reached a client; ``event``
+    holds the first bytes of the offending event for the log line.
+    """
+
+    def __init__(self, message: str, *, event: bytes = b"", backend: str = "") -> None:
+        self.event = event[:200]
+        super().__init__(message, backend=backend, status=502)
+
+
+class CacheControlError(FatalBackendError):
+    """The request breaks a prompt-caching rule; the API answers 400 invalid_request_error."""
+
+    def __init__(self, message: str, *, backend: str = "") -> None:
+        super().__init__(message, backend=backend, status=400)
+
+
+class StreamBrokenError(BackendError):
+    """A stream failed after its first events reached clients: it cannot be retried.
+
+    ``usage`` is what the provider reported before the break (it bills that);
+    ``reported`` says the upstream's own error event already reached the clients.
+    """
+
+    def __init__(self, message: str, *, backend: str = "", usage: Any = None, reported: bool = False) -> None:
+        self.usage = usage
+        self.reported = reported
         super().__init__(message, backend=backend)

@@ -36,7 +36,8 @@ import pytest
 from aiohttp import web
 
 from coordinator.backends.prompt_cache import PromptCache
-from coordinator.backends.synthetic import Answer, error_body, synthesize
+from coordinator.backends.synthetic import Answer, synthesize
+from coordinator.gateway.dialects import Dialect, dialect_for_path
 
 
 @dataclass(frozen=True)
@@ -258,14 +259,11 @@ class FakeUpstream:
             self.in_flight -= 1
             self._tasks.discard(task)
 
-    def _api(self, path: str) -> str:
-        return "openai" if path.endswith("/chat/completions") else "anthropic"
-
     async def _respond(self, request: web.Request, call: Call) -> web.StreamResponse:
-        behaviour, api = call.behaviour, self._api(call.path)
+        behaviour, dialect = call.behaviour, dialect_for_path(call.path)
         if isinstance(behaviour, Reply) and (behaviour.json is not None or behaviour.status >= 400):
             payload = (json.dumps(behaviour.json).encode() if behaviour.json is not None
-                       else error_body(api, behaviour.status, f"scripted {behaviour.status}"))
+                       else dialect.error_body(behaviour.status, f"scripted {behaviour.status}"))
             return web.Response(status=behaviour.status, body=payload, headers=behaviour.headers,
                                 content_type="application/json")
         if isinstance(behaviour, Hang):
@@ -277,7 +275,7 @@ class FakeUpstream:
         if isinstance(behaviour, Slow):
             await asyncio.sleep(behaviour.delay_s)
         await self._pass_gate()
-        answer = self._answer(call, api)
+        answer = self._answer(call, dialect)
         extra = behaviour.headers if isinstance(behaviour, Reply) else None
         if answer.is_stream:
             return await self._stream(request, call, answer, extra)
@@ -296,10 +294,10 @@ class FakeUpstream:
     def _is_stream(self, call: Call) -> bool:
         return isinstance(call.json, dict) and bool(call.json.get("stream"))
 
-    def _answer(self, call: Call, api: str) -> Answer:
+    def _answer(self, call: Call, dialect: Dialect) -> Answer:
         stream = self._is_stream(call) and not call.path.endswith("/count_tokens")
-        prefix = "chatcmpl-fake-" if api == "openai" else "msg_fake_"
-        return synthesize(api, call.path, call.json, stream, message_id=f"{prefix}{next(self._ids):06d}",
+        message_id = dialect.message_id("fake", f"{next(self._ids):06d}")
+        return synthesize(dialect.name, call.path, call.json, stream, message_id=message_id,
                           cache=self.prompt_cache, prefix="reply to: ", cap_chars=40)
 
     async def _stream(self, request: web.Request, call: Call, answer: Answer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tracemalloc
 
 import pytest
@@ -14,7 +15,9 @@ from coordinator.clock import ManualClock
 from coordinator.gateway.context_cache import (MAX_BREAKPOINTS, WarmupBarrier, add_breakpoints, count_breakpoints,
                                                pick_base_url, shared_prefix)
 from coordinator.gateway.dedup import Flight, FlightTable, Reply, ResponseCache, dedup_key
+from coordinator.gateway.dialects import ANTHROPIC, OPENAI
 from coordinator.config import FleetConfig, FleetSection
+from coordinator.errors import BudgetError
 
 BODY = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -23,17 +26,17 @@ BODY = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content":
 
 def test_key_ignores_stream_metadata_and_key_order_but_not_what_changes_the_answer() -> None:
     headers = {"anthropic-version": "2023-06-01"}
-    base = dedup_key("/v1/messages", "default", headers, BODY)
+    base = dedup_key(ANTHROPIC, "/v1/messages", "default", headers, BODY)
     same = {"messages": BODY["messages"], "max_tokens": 10, "model": "m", "stream": True,
             "metadata": {"user_id": "session-42"}}
-    assert dedup_key("/v1/messages", "default", headers, same) == base
+    assert dedup_key(ANTHROPIC, "/v1/messages", "default", headers, same) == base
     assert len(base) == 16
     different = [
-        dedup_key("/v1/messages", "other", headers, BODY),
-        dedup_key("/v1/messages/count_tokens", "default", headers, BODY),
-        dedup_key("/v1/messages", "default", {"anthropic-version": "2024-01-01"}, BODY),
-        dedup_key("/v1/messages", "default", {**headers, "anthropic-beta": "x"}, BODY),
-        dedup_key("/v1/messages", "default", headers, {**BODY, "max_tokens": 11}),
+        dedup_key(ANTHROPIC, "/v1/messages", "other", headers, BODY),
+        dedup_key(ANTHROPIC, "/v1/messages/count_tokens", "default", headers, BODY),
+        dedup_key(ANTHROPIC, "/v1/messages", "default", {"anthropic-version": "2024-01-01"}, BODY),
+        dedup_key(ANTHROPIC, "/v1/messages", "default", {**headers, "anthropic-beta": "x"}, BODY),
+        dedup_key(ANTHROPIC, "/v1/messages", "default", headers, {**BODY, "max_tokens": 11}),
     ]
     assert base not in different and len(set(different)) == len(different)
 
@@ -160,13 +163,13 @@ def test_never_more_than_four_breakpoints_and_unknown_shapes_do_not_break_it() -
 
 def test_prefix_routing_is_stable_and_spreads_prefixes() -> None:
     urls = [f"http://127.0.0.1:{9000 + i}" for i in range(3)]
-    picks = {pick_base_url(urls, shared_prefix("openai", {"model": "m", "messages": [
+    picks = {pick_base_url(urls, shared_prefix(OPENAI, {"model": "m", "messages": [
         {"role": "system", "content": f"shared {n}"}, {"role": "user", "content": "task"}]})[0]) for n in range(30)}
     assert len(picks) == 3
-    key = shared_prefix("openai", {"model": "m", "messages": [{"role": "system", "content": "S"},
-                                                              {"role": "user", "content": "t1"}]})[0]
-    other_task = shared_prefix("openai", {"model": "m", "messages": [{"role": "system", "content": "S"},
-                                                                     {"role": "user", "content": "t2"}]})[0]
+    key = shared_prefix(OPENAI, {"model": "m", "messages": [{"role": "system", "content": "S"},
+                                                            {"role": "user", "content": "t1"}]})[0]
+    other_task = shared_prefix(OPENAI, {"model": "m", "messages": [{"role": "system", "content": "S"},
+                                                                   {"role": "user", "content": "t2"}]})[0]
     assert key == other_task and pick_base_url(urls, key) == pick_base_url(list(reversed(urls)), key)
     assert pick_base_url(urls[:1], key) is None
 
@@ -225,8 +228,13 @@ def test_saved_counts_dedup_and_prompt_caching_and_budgets_refuse_with_the_fix()
     assert snap["dedup_joined"] == 1 and snap["tasks"]["t1"]["usd"] == pytest.approx(cost)
     uncached = (10_100 * 3 + 1000 * 15) / 1e6
     assert snap["usd_saved"] == pytest.approx((uncached - cost) + uncached)
-    assert ledger.over_budget("t1", cost * 2, None) is None
-    assert "max_usd in its task file" in ledger.over_budget("t1", cost / 2, None)
-    assert "max_tokens_budget" in ledger.over_budget("t1", None, 5000)
+    assert ledger.check_budget("t1", cost * 2, None) is None
+    with pytest.raises(BudgetError, match="max_usd in its task file") as task_usd:
+        ledger.check_budget("t1", cost / 2, None)
+    assert (task_usd.value.scope, task_usd.value.limit) == ("task", cost / 2)
+    with pytest.raises(BudgetError, match="max_tokens_budget"):
+        ledger.check_budget("t1", None, 5000)
     ledger.record_billed(who, Usage(output_tokens=100_000), price)
-    assert "[fleet] max_usd" in ledger.over_budget("other", None, None)
+    with pytest.raises(BudgetError, match=re.escape("[fleet] max_usd")) as fleet:
+        ledger.check_budget("other", None, None)
+    assert (fleet.value.scope, fleet.value.limit) == ("fleet", 1.0)

@@ -29,10 +29,13 @@ def test_n_concurrent_requests_sharing_a_new_prefix_write_it_once_and_read_it_n_
         calls = [asyncio.create_task(client.messages.create(model=MODEL, max_tokens=32, system=SHARED,
                                                             messages=user(f"task {i}"))) for i in range(n)]
         await await_until(lambda: gw.gateway.proxy.pending == n, 10, f"{n} requests in the gateway")
-        await await_until(lambda: fake_upstream.held >= 1, 10, "the leader at the upstream")
-        await asyncio.sleep(0.05)  # room for a wrongly released request to reach the upstream
         # The barrier: only the first request with the new prefix reaches the provider; the
         # rest wait until its response starts (a real provider can only serve reads after that).
+        # Once the leader is held at the upstream and the other n-1 are parked on the barrier's
+        # event, none can move until the gate opens: the counts below are final, not a snapshot.
+        barrier = gw.gateway.proxy.pipeline.barrier
+        await await_until(lambda: fake_upstream.held == 1 and barrier.waiting == n - 1, 10,
+                          f"the leader at the upstream and {n - 1} requests at the barrier")
         assert fake_upstream.held == 1 and len(fake_upstream.calls) == 1
         fake_upstream.gate.open()
         results = await asyncio.gather(*calls)

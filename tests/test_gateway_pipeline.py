@@ -11,6 +11,7 @@ from coordinator.gateway.accounting import Ledger, Who, price_for
 from coordinator.clock import ManualClock
 from coordinator.gateway.context_cache import WarmupBarrier
 from coordinator.gateway.dedup import Flight
+from coordinator.gateway.dialects import ANTHROPIC
 from coordinator.gateway.metrics import GatewayMetrics
 from coordinator.gateway.pipeline import Call, Pipeline, Upstream
 from coordinator.gateway.sse import encode_event
@@ -57,7 +58,7 @@ def _run(backend: ScriptedStreams) -> tuple[Flight, Ledger]:
     pipeline = Pipeline(ledger=ledger, metrics=GatewayMetrics(), barrier=WarmupBarrier(wait_s=1, clock=clock),
                         clock=clock, rand=lambda: 0.5)
     upstream = Upstream("scripted", backend, backend.config, clock)
-    call = Call(api="anthropic", path="/v1/messages", body={"model": "x"}, stream=True, headers={}, query="",
+    call = Call(dialect=ANTHROPIC, path="/v1/messages", body={"model": "x"}, stream=True, headers={}, query="",
                 priority=2, who=Who("t"), price=price_for("claude-sonnet-4-6"), chain=[upstream])
 
     async def main() -> Flight:

@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover - depends on the installed SDK
 
 from coordinator.backends.prompt_cache import PromptCache
 from coordinator.backends.synthetic import synthesize
-from coordinator.gateway.sse import StreamScanner, body_to_events, events_to_body
+from coordinator.gateway.dialects import ANTHROPIC, OPENAI, dialect_for
 
 PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
 
@@ -53,14 +53,14 @@ def test_folding_a_real_stream_gives_the_body_the_api_would_have_sent(api: str) 
         request["stream_options"] = {"include_usage": True}
     body = json.loads(_synth(api, False, request).body)
     events = [event for event, _ in _synth(api, True, request).events]
-    assert events_to_body(api, events) == body
+    assert dialect_for(api).events_to_body(events) == body
 
 
 def test_scanner_cuts_events_at_boundaries_whatever_the_chunking_and_reads_usage() -> None:
     request = {"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "one two three"}]}
     raw = b"".join(event for event, _ in _synth("anthropic", True, request).events)
     for size in (1, 7, 64, len(raw)):
-        scanner = StreamScanner("anthropic")
+        scanner = ANTHROPIC.scanner()
         out = []
         for start in range(0, len(raw), size):
             out += scanner.feed(raw[start:start + size])
@@ -73,7 +73,7 @@ def test_scanner_strips_only_the_usage_chunk_a_client_did_not_ask_for() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": "x y"}],
                "stream_options": {"include_usage": True}}
     raw = b"".join(event for event, _ in _synth("openai", True, request).events)
-    scanner = StreamScanner("openai", strip_usage_chunk=True)
+    scanner = OPENAI.scanner(strip_usage_chunk=True)
     out = scanner.feed(raw)
     assert scanner.complete and scanner.usage.output_tokens > 0
     assert not any(b'"choices":[]' in event for event in out)
@@ -81,7 +81,7 @@ def test_scanner_strips_only_the_usage_chunk_a_client_did_not_ask_for() -> None:
 
 
 def test_scanner_reports_an_in_stream_error() -> None:
-    scanner = StreamScanner("anthropic")
+    scanner = ANTHROPIC.scanner()
     scanner.feed(b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n')
     assert scanner.error == {"type": "overloaded_error", "message": "busy"} and not scanner.complete
 
@@ -106,18 +106,18 @@ def _sdk_stream(api: str, events: list[bytes]) -> object:
 
 
 def test_unfolded_anthropic_body_is_rebuilt_exactly_by_the_sdk() -> None:
-    events = body_to_events("anthropic", TOOL_BODY)
+    events = ANTHROPIC.body_to_events(TOOL_BODY)
     final = _sdk_stream("anthropic", events)
     assert final.model_dump(exclude_none=True, exclude_unset=True)["content"] == TOOL_BODY["content"]
     assert final.stop_reason == "tool_use" and final.usage.output_tokens == 40
     assert final.usage.cache_read_input_tokens == 2048
-    assert events_to_body("anthropic", events) == TOOL_BODY
+    assert ANTHROPIC.events_to_body(events) == TOOL_BODY
 
 
 def test_unfolded_openai_body_streams_through_the_sdk_and_folds_back() -> None:
-    events = body_to_events("openai", OPENAI_TOOL_BODY, include_usage=True)
+    events = OPENAI.body_to_events(OPENAI_TOOL_BODY, include_usage=True)
     chunks = _sdk_stream("openai", events)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "calling" and chunks[-1].usage.prompt_tokens == 50
-    assert events_to_body("openai", events) == OPENAI_TOOL_BODY
-    assert not any(b'"choices":[]' in e for e in body_to_events("openai", OPENAI_TOOL_BODY))
+    assert OPENAI.events_to_body(events) == OPENAI_TOOL_BODY
+    assert not any(b'"choices":[]' in e for e in OPENAI.body_to_events(OPENAI_TOOL_BODY))

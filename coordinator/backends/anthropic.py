@@ -8,7 +8,7 @@ The SDK contributes auth, the connection pool, timeouts (``timeout_s`` per
 connect / read, httpx-style) and its exception types; its retries are off, the
 gateway owns retry. Request headers (anthropic-version, anthropic-beta, ...) and
 the query string (``?beta=true``) pass through. Base URLs follow the SDK's
-convention, without "/v1" (``wire.join_url``); a request's own ``base_url`` wins.
+convention, without "/v1" (``AnthropicDialect.join_url``); a request's own ``base_url`` wins.
 The SDK client is made lazily inside the running loop, one per loop.
 """
 
@@ -23,9 +23,9 @@ import httpx2
 
 from ..config import BackendConfig
 from ..errors import BackendError, RetryableError
+from ..gateway.dialects import ANTHROPIC
 from .base import Backend, UpstreamRequest, UpstreamResponse
-from .wire import (check_base_url, check_json, classify_status, forward_headers, join_url, json_bytes,
-                   returned_headers, stream_response)
+from .wire import check_base_url, check_json, classify_status, json_bytes, stream_response
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # What httpx2 raises from a response body when the connection breaks, times out or was closed by us.
@@ -36,7 +36,7 @@ class AnthropicBackend(Backend):
     """Messages and count_tokens against the Anthropic API (or a compatible server)."""
 
     kind = "anthropic"
-    apis = frozenset({"anthropic"})
+    apis = frozenset({ANTHROPIC.name})
 
     def __init__(self, name: str, config: BackendConfig, *, api_key: str, key_env: str | None = None) -> None:
         super().__init__(name, config)
@@ -60,21 +60,21 @@ class AnthropicBackend(Backend):
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """POST the raw body upstream once; the answer, or RetryableError / FatalBackendError."""
-        url = join_url(request.base_url or self.base_urls[0], request.path, request.query, api="anthropic")
-        options = {"headers": {**forward_headers(request.headers), "content-type": "application/json"}}
+        dialect = request.dialect
+        url = dialect.join_url(request.base_url or self.base_urls[0], request.path, request.query)
+        options = {"headers": {**dialect.forward_headers(request.headers), "content-type": "application/json"}}
         try:
             response = await self._sdk().post(url, cast_to=httpx2.Response, content=json_bytes(request.body),
                                               options=options, stream=True)  # type: ignore[arg-type]
         except (anthropic.APIError, *TRANSPORT_ERRORS) as exc:
             raise self._translate(exc, url) from exc
-        headers = returned_headers(response.headers)
         if request.stream:
 
             async def finish(complete: bool) -> None:
                 await response.aclose()  # pools a finished connection, closes an unfinished one
 
-            return await stream_response(response.status_code, headers, response.aiter_bytes(), finish,
-                                         api="anthropic", backend=self.name, errors=TRANSPORT_ERRORS)
+            return await stream_response(response.status_code, response.headers, response.aiter_bytes(), finish,
+                                         dialect=dialect, backend=self.name, errors=TRANSPORT_ERRORS)
         try:
             body = await response.aread()
         except TRANSPORT_ERRORS as exc:
@@ -82,7 +82,7 @@ class AnthropicBackend(Backend):
                                  backend=self.name) from exc
         finally:
             await response.aclose()
-        return UpstreamResponse(response.status_code, headers, body=check_json(body, backend=self.name))
+        return UpstreamResponse(response.status_code, dict(response.headers), body=check_json(body, backend=self.name))
 
     def _translate(self, exc: BaseException, url: str) -> BackendError:
         """The coordinator error for an SDK or transport exception."""

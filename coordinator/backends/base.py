@@ -3,9 +3,12 @@
 The gateway is a faithful proxy: it parses a request body once (for the dedup key,
 the context cache and accounting), then hands the backend an ``UpstreamRequest``
 and gets back an ``UpstreamResponse`` holding either the whole body or the raw
-bytes of an SSE stream. Backends translate their transport's and SDK's
-exceptions here, at the boundary, into ``RetryableError`` / ``FatalBackendError``;
-nothing above ``backends/`` imports an SDK. Retries live in the gateway, so
+bytes of an SSE stream, with the upstream's headers as they came (the gateway
+relays what the dialect's header rules allow). The request's wire rules (URL
+joining, which client headers may go upstream, how a stream ends) are its
+``dialect``'s. Backends translate their transport's and SDK's exceptions here, at
+the boundary, into ``RetryableError`` / ``FatalBackendError``; nothing above
+``backends/`` imports an SDK. Retries live in the gateway, so
 backends never retry on their own.
 """
 
@@ -14,15 +17,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..config import BackendConfig
-
-Api = Literal["anthropic", "openai"]
-
-# Paths each wire format uses; a backend lists the APIs it serves in ``apis``.
-ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
-OPENAI_PATHS = ("/v1/chat/completions",)
+from ..gateway.dialects import Dialect, dialect_for
 
 # Status codes worth retrying (DESIGN §7).
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -32,13 +30,18 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 class UpstreamRequest:
     """One call to send upstream, already routed and with its model mapped."""
 
-    api: Api
+    api: str  # the wire API's name; ``dialect`` knows its rules
     path: str
     body: dict[str, Any]
     stream: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)  # anthropic-version, anthropic-beta, ...
     query: str = ""  # e.g. "beta=true", passed through
     base_url: str | None = None  # chosen by prefix-affinity routing when several are configured
+
+    @property
+    def dialect(self) -> Dialect:
+        """The rules of the request's wire API (paths, headers, stream end, errors)."""
+        return dialect_for(self.api)
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Backend(ABC):
     """
 
     kind: str = ""
-    apis: frozenset[str] = frozenset()
+    apis: frozenset[str] = frozenset()  # names of the dialects it speaks
 
     def __init__(self, name: str, config: BackendConfig) -> None:
         self.name = name
@@ -83,5 +86,5 @@ class Backend(ABC):
         """Close pooled connections; the default has none."""
 
     def serves(self, api: str) -> bool:
-        """Whether this backend speaks ``api`` ("anthropic" or "openai")."""
+        """Whether this backend speaks the wire API named ``api`` (a ``gateway.dialects`` name)."""
         return api in self.apis

@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..config import BackendConfig
 from ..errors import FatalBackendError
-from .base import ANTHROPIC_PATHS, OPENAI_PATHS, Backend, UpstreamRequest, UpstreamResponse
+from ..gateway.dialects import DIALECTS
+from .base import Backend, UpstreamRequest, UpstreamResponse
 from .prompt_cache import PromptCache
-from .synthetic import error_body, synthesize
+from .synthetic import synthesize
 from .wire import upstream_message
 
-_PATHS = {"anthropic": ANTHROPIC_PATHS, "openai": OPENAI_PATHS}
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
@@ -33,7 +33,7 @@ class EchoBackend(Backend):
     """Answers every request locally and deterministically, Anthropic or OpenAI format."""
 
     kind = "echo"
-    apis = frozenset({"anthropic", "openai"})
+    apis = frozenset(DIALECTS)
 
     def __init__(self, name: str, config: BackendConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name, config)
@@ -42,19 +42,19 @@ class EchoBackend(Backend):
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Answer ``request`` after the configured latency; 4xx problems raise FatalBackendError."""
-        if request.path not in _PATHS.get(request.api, ()):
-            body = error_body(request.api, 404, f"{request.path} is not an endpoint of the {request.api} API")
+        dialect = request.dialect
+        if request.path not in dialect.paths:
+            body = dialect.error_body(404, f"{request.path} is not an endpoint of the {request.api} API")
             raise FatalBackendError(f"backend {self.name!r}: no endpoint {request.path}", backend=self.name,
                                     status=404, body=body)
-        number = next(self._ids)
-        message_id = f"msg_echo_{number:012d}" if request.api == "anthropic" else f"chatcmpl-echo-{number:012d}"
+        serial = f"{next(self._ids):012d}"
         stream = request.stream and request.path != "/v1/messages/count_tokens"
-        answer = synthesize(request.api, request.path, request.body, stream, message_id=message_id,
-                            cache=self.prompt_cache)
+        answer = synthesize(request.api, request.path, request.body, stream,
+                            message_id=dialect.message_id("echo", serial), cache=self.prompt_cache)
         if answer.status >= 400:
             raise FatalBackendError(f"backend {self.name!r}: {upstream_message(answer.body)}", backend=self.name,
                                     status=answer.status, body=answer.body)
-        headers = {"request-id" if request.api == "anthropic" else "x-request-id": f"req_echo_{number:012d}"}
+        headers = {dialect.request_id_header: f"req_echo_{serial}"}
         first_byte_s = self.config.latency_ms / 1000
         if not answer.is_stream:
             await _pause(first_byte_s + answer.output_tokens * self.config.ms_per_token / 1000)

@@ -4,8 +4,8 @@ One pooled aiohttp session per backend, created lazily inside the running event
 loop (a backend serves one loop; a later loop gets a fresh session). The body goes
 upstream as JSON, unknown fields included, and a stream's SSE bytes come back
 unchanged as ``chunks``. ``base_url`` follows the OpenAI SDK convention: it
-includes the version, "https://api.openai.com/v1" (``wire.join_url`` has the
-rule); a request's own ``base_url``, chosen by prefix-affinity routing, wins over
+includes the version, "https://api.openai.com/v1" (``OpenAIDialect.join_url``
+has the rule); a request's own ``base_url``, chosen by prefix-affinity routing, wins over
 the configured ones. ``timeout_s`` bounds connecting and every wait for bytes, as
 httpx's timeouts do, so a long stream that keeps producing is never cut.
 """
@@ -18,9 +18,9 @@ import aiohttp
 
 from ..config import BackendConfig
 from ..errors import RetryableError
+from ..gateway.dialects import OPENAI
 from .base import Backend, UpstreamRequest, UpstreamResponse
-from .wire import (check_base_url, check_json, classify_status, forward_headers, join_url, json_bytes,
-                   returned_headers, stream_response)
+from .wire import check_base_url, check_json, classify_status, json_bytes, stream_response
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # What aiohttp raises when a connection fails, breaks or times out (ServerTimeoutError is both).
@@ -31,7 +31,7 @@ class OpenAIBackend(Backend):
     """Chat Completions against any OpenAI-compatible server."""
 
     kind = "openai"
-    apis = frozenset({"openai"})
+    apis = frozenset({OPENAI.name})
 
     def __init__(self, name: str, config: BackendConfig, *, api_key: str | None, key_env: str | None = None) -> None:
         super().__init__(name, config)
@@ -58,8 +58,9 @@ class OpenAIBackend(Backend):
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """POST the body upstream once; the answer, or RetryableError / FatalBackendError."""
-        url = join_url(request.base_url or self.base_urls[0], request.path, request.query, api="openai")
-        headers = {**forward_headers(request.headers), "content-type": "application/json",
+        dialect = request.dialect
+        url = dialect.join_url(request.base_url or self.base_urls[0], request.path, request.query)
+        headers = {**dialect.forward_headers(request.headers), "content-type": "application/json",
                    "accept": "text/event-stream" if request.stream else "application/json", **self._auth}
         try:
             response = await self._client().post(url, data=json_bytes(request.body), headers=headers,
@@ -77,11 +78,10 @@ class OpenAIBackend(Backend):
                 else:
                     response.close()  # drops the connection: the upstream sees the call abandoned
 
-            return await stream_response(response.status, returned_headers(response.headers),
-                                         response.content.iter_any(), finish, api="openai", backend=self.name,
-                                         errors=TRANSPORT_ERRORS)
+            return await stream_response(response.status, response.headers, response.content.iter_any(), finish,
+                                         dialect=dialect, backend=self.name, errors=TRANSPORT_ERRORS)
         body = check_json(await self._read(response), backend=self.name)
-        return UpstreamResponse(response.status, returned_headers(response.headers), body=body)
+        return UpstreamResponse(response.status, dict(response.headers), body=body)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """The whole body; a connection that breaks or stalls mid-body is retryable."""

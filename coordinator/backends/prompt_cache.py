@@ -37,15 +37,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import CacheControlError
+
 MAX_BREAKPOINTS = 4
 MIN_TOKENS = 1024
 LOOKBACK_BLOCKS = 20
 TTL_S = {"5m": 300.0, "1h": 3600.0}
 _MAX_ENTRIES = 50_000  # bounds memory in a long benchmark; expired entries go first
-
-
-class CacheControlError(ValueError):
-    """The request breaks a prompt-caching rule; the API answers 400 invalid_request_error."""
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,12 @@ One policy each, so ``anthropic.py`` and ``openai.py`` cannot drift apart:
 * ``classify_status`` — an upstream error status (+ ``x-should-retry``,
   ``retry-after-ms`` / ``retry-after``) becomes ``RetryableError`` or
   ``FatalBackendError``; the fatal one carries the upstream error body unchanged.
-* ``join_url`` — how a configured ``base_url`` and a request path combine.
-* ``forward_headers`` / ``returned_headers`` — which headers cross the backend.
 * ``stream_response`` — wraps an upstream byte stream: transport failures, and a
-  stream that ends without its API's final event, raise ``RetryableError``.
+  stream that ends without its API's final event (``Dialect.is_stream_end``),
+  raise ``RetryableError``.
+
+How a base URL and a path combine, and which headers go upstream, are each API's
+dialect's rules (``request.dialect.join_url`` / ``forward_headers``).
 """
 
 from __future__ import annotations
@@ -21,18 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import BackendError, ConfigError, FatalBackendError, RetryableError
+from ..gateway.dialects import Dialect
 from .base import RETRYABLE_STATUS, UpstreamResponse
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-                         "trailer", "trailers", "transfer-encoding", "upgrade"})
-# Credentials of the gateway's own clients must never reach the provider; the
-# backend adds its own key. Framing and encoding are the HTTP client's business.
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "content-type", "authorization", "x-api-key",
-                                "accept-encoding", "cookie"}
-# Bodies reach the gateway decoded and unframed, so these would lie about them.
-_NOT_RETURNED = _HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie"}
 _TAIL_BYTES = 256
-_FINAL_EVENTS = {"anthropic": (b"event: message_stop", b"event: error"), "openai": (b"[DONE]",)}
 
 
 def json_bytes(body: Any) -> bytes:
@@ -47,36 +41,6 @@ def check_base_url(base_url: str, *, backend: str) -> str:
         raise ConfigError(f"base_url {base_url!r} is not an http(s) URL; write e.g. \"http://127.0.0.1:8000/v1\"",
                           key=f"backends.{backend}.base_url")
     return base_url.rstrip("/")
-
-
-def join_url(base_url: str, path: str, query: str = "", *, api: str) -> str:
-    """The upstream URL for a request path, following each SDK's base_url convention.
-
-    OpenAI-style base URLs include the API version ("https://api.openai.com/v1",
-    "http://localhost:11434/v1"), so the request's leading "/v1" is replaced by
-    the base URL; a base URL with no path at all gets "/v1". Anthropic-style base
-    URLs do not ("https://api.anthropic.com"), so the path is appended whole; a
-    trailing "/v1" on one is dropped rather than doubled.
-    """
-    base = base_url.rstrip("/")
-    if api == "openai":
-        if not urlsplit(base).path:
-            base += "/v1"
-        rest = path[3:] if path.startswith("/v1/") else path
-    else:
-        base = base[:-3] if base.endswith("/v1") else base
-        rest = path
-    return f"{base}{rest}" + (f"?{query}" if query else "")
-
-
-def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Request headers to pass upstream (anthropic-version, anthropic-beta, ...), lower-cased."""
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
-
-
-def returned_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Upstream response headers worth relaying (request-id, rate-limit info, content-type)."""
-    return {k.lower(): v for k, v in headers.items() if k.lower() not in _NOT_RETURNED}
 
 
 def _number(value: str | None) -> float | None:
@@ -147,18 +111,19 @@ def check_json(body: bytes, *, backend: str) -> bytes:
 
 
 async def stream_response(status: int, headers: Mapping[str, str], source: AsyncIterator[bytes],
-                          finish: Callable[[bool], Awaitable[None]], *, api: str, backend: str,
+                          finish: Callable[[bool], Awaitable[None]], *, dialect: Dialect, backend: str,
                           errors: tuple[type[BaseException], ...]) -> UpstreamResponse:
     """An UpstreamResponse whose ``chunks`` relay ``source`` and translate its failures.
 
     ``finish(complete)`` releases the upstream connection: back to the pool when the
     stream was read to its end, closed otherwise; it must be idempotent. ``errors``
     are the transport's exception types, raised from ``source`` when the
-    connection breaks or times out.
+    connection breaks or times out. ``headers`` are the upstream's, as they came.
     """
-    if not str(headers.get("content-type", "")).startswith("text/event-stream"):
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    if not str(content_type or "").startswith("text/event-stream"):
         await finish(False)
-        raise malformed(backend, f"expected text/event-stream, got {headers.get('content-type')!r}")
+        raise malformed(backend, f"expected text/event-stream, got {content_type!r}")
 
     async def chunks() -> AsyncIterator[bytes]:
         tail, complete = b"", False
@@ -167,7 +132,7 @@ async def stream_response(status: int, headers: Mapping[str, str], source: Async
                 if chunk:
                     tail = (tail + chunk)[-_TAIL_BYTES:]
                     yield chunk
-            complete = any(marker in tail for marker in _FINAL_EVENTS[api])
+            complete = dialect.is_stream_end(tail)
         except errors as exc:
             raise RetryableError(f"backend {backend!r}: upstream stream broke: {exc!r}", backend=backend) from exc
         finally:

@@ -3,8 +3,9 @@
 Modules, one concept each: ``server`` (lifecycle, endpoints), ``proxy`` (the request
 path: auth, routing, admission, dedup), ``pipeline`` (the upstream half: warm-up
 barrier, limits, breaker, retry), ``dedup`` (flights, response cache, stream tee),
-``context_cache``, ``limits``, ``breaker``, ``retry``, ``accounting``, ``sse``,
-``apierrors``, ``tokens``, ``metrics``, ``clock``.
+``context_cache``, ``limits``, ``breaker``, ``retry``, ``accounting``, ``apierrors``,
+``tokens``, ``metrics``; ``dialects/`` (one per wire API: paths, header rules, errors,
+usage, SSE events) and ``sse`` (the one SSE parser).
 
 The names below load on first use: an agent that only mints task tokens
 (``coordinator.gateway.tokens``) must not pay for aiohttp and prometheus-client.

@@ -1,9 +1,8 @@
 """Usage, prices and budgets: what each task, agent, model and backend spent and saved.
 
-Usage is read from each API's own numbers (JSON bodies and SSE streams, see
-``usage_from_body`` / ``sse.StreamScanner``) and normalised to four counts: input
-tokens billed at the full rate, output tokens, cache-write and cache-read tokens
-(OpenAI's ``prompt_tokens`` includes its cached part, so that part is moved).
+Usage arrives already normalised (``dialects.Usage``: each API's dialect reads its own
+numbers from JSON bodies and SSE streams) to four counts: input tokens billed at the
+full rate, output tokens, cache-write and cache-read tokens.
 
 Money: a request that made an upstream call is billed at the model's price; a request
 served by dedup (joined or cache hit) costs nothing, and what it would have cost is
@@ -14,91 +13,17 @@ goes anywhere; a call already in progress may overshoot them by its own cost.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import FleetConfig, ModelAlias
-from ..errors import RetryableError
+from ..errors import BudgetError
+from .dialects import Usage
 
 STAT_KEYS = ("requests", "upstream_calls", "dedup_joined", "dedup_hits", "input_tokens", "output_tokens",
              "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved")
 SCOPES = ("tasks", "agents", "models")
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts of one response, normalised across APIs."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_write_tokens: int = 0
-    cache_read_tokens: int = 0
-
-    @property
-    def total(self) -> int:
-        """Every token, for token budgets."""
-        return self.input_tokens + self.output_tokens + self.cache_write_tokens + self.cache_read_tokens
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) else 0
-
-
-def anthropic_usage(usage: Mapping[str, Any] | None) -> Usage:
-    """Usage from an Anthropic ``usage`` object."""
-    if not isinstance(usage, Mapping):
-        return Usage()
-    return Usage(input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")),
-                 cache_write_tokens=_int(usage.get("cache_creation_input_tokens")),
-                 cache_read_tokens=_int(usage.get("cache_read_input_tokens")))
-
-
-def openai_usage(usage: Mapping[str, Any] | None) -> Usage:
-    """Usage from an OpenAI ``usage`` object (its cached tokens are part of ``prompt_tokens``)."""
-    if not isinstance(usage, Mapping):
-        return Usage()
-    details = usage.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
-    return Usage(input_tokens=max(0, _int(usage.get("prompt_tokens")) - cached),
-                 output_tokens=_int(usage.get("completion_tokens")), cache_read_tokens=cached)
-
-
-def usage_from_body(api: str, body: Mapping[str, Any]) -> Usage:
-    """Usage from a whole (non-streamed) response body."""
-    reader = anthropic_usage if api == "anthropic" else openai_usage
-    return reader(body.get("usage"))
-
-
-_USAGE_KEY = '"usage"'
-_DECODER = json.JSONDecoder()
-
-
-def usage_from_body_bytes(api: str, raw: bytes) -> Usage:
-    """Usage from a raw JSON body, decoding only its ``usage`` object (it sits near the end).
-
-    A JSON string cannot contain an unescaped ``"usage"``, so the last occurrence is the
-    key of the top-level object in both APIs' bodies. Anything unexpected falls back to a
-    full parse; a body that is not JSON at all is a malformed answer.
-    """
-    text = raw.decode("utf-8", "replace")
-    at = text.rfind(_USAGE_KEY)
-    if at >= 0:
-        start = text.find(":", at + len(_USAGE_KEY)) + 1
-        while start < len(text) and text[start] in " \t\r\n":
-            start += 1
-        try:
-            value, _ = _DECODER.raw_decode(text, start)
-            if isinstance(value, dict):
-                return usage_from_body(api, {"usage": value})
-        except ValueError:
-            pass
-    try:
-        body = json.loads(text)
-    except ValueError as exc:
-        raise RetryableError(f"upstream sent a malformed body ({exc})", status=502) from exc
-    return usage_from_body(api, body) if isinstance(body, dict) else Usage()
 
 
 @dataclass(frozen=True)
@@ -239,23 +164,23 @@ class Ledger:
         """One task's stats (zeros when it has none yet)."""
         return dict(self.scopes["tasks"].get(task_id) or empty_stats())
 
-    def over_budget(self, task_id: str | None, max_usd: float | None, max_tokens: int | None) -> str | None:
-        """Why a new request must be refused for budget reasons, or None."""
+    def check_budget(self, task_id: str | None, max_usd: float | None, max_tokens: int | None) -> None:
+        """Raise BudgetError when a new request must be refused: the fleet or the task has spent its budget."""
         fleet_max = self.config.fleet.max_usd
         if fleet_max > 0 and self.totals["usd"] >= fleet_max:
-            return (f"the fleet has spent ${self.totals['usd']:.4f} of its ${fleet_max:g} budget; "
-                    f"raise [fleet] max_usd in fleet.toml to continue")
+            raise BudgetError(f"the fleet has spent ${self.totals['usd']:.4f} of its ${fleet_max:g} budget; "
+                              f"raise [fleet] max_usd in fleet.toml to continue", scope="fleet", limit=fleet_max)
         row = self.scopes["tasks"].get(task_id) if task_id else None
         if row is None:
-            return None
+            return
         if max_usd is not None and row["usd"] >= max_usd:
-            return (f"task {task_id!r} has spent ${row['usd']:.4f} of its ${max_usd:g} budget; "
-                    f"raise max_usd in its task file to continue")
+            raise BudgetError(f"task {task_id!r} has spent ${row['usd']:.4f} of its ${max_usd:g} budget; "
+                              f"raise max_usd in its task file to continue", scope="task", limit=max_usd)
         used = row["input_tokens"] + row["output_tokens"] + row["cache_read_tokens"] + row["cache_write_tokens"]
         if max_tokens is not None and used >= max_tokens:
-            return (f"task {task_id!r} has used {int(used)} of its {max_tokens} token budget; "
-                    f"raise max_tokens_budget in its task file to continue")
-        return None
+            raise BudgetError(f"task {task_id!r} has used {int(used)} of its {max_tokens} token budget; "
+                              f"raise max_tokens_budget in its task file to continue", scope="task",
+                              limit=max_tokens)
 
     def snapshot(self) -> dict[str, Any]:
         """Totals plus every scope, as plain JSON-ready dicts."""

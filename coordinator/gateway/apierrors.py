@@ -1,10 +1,9 @@
 """Errors in each API's own JSON, so the official SDKs raise their usual exceptions.
 
-Anthropic: ``{"type": "error", "error": {"type": ..., "message": ...}}``.
-OpenAI: ``{"error": {"message": ..., "type": ..., "param": null, "code": ...}}``.
-Inside a stream that already started, the same error travels as an SSE event
-(Anthropic ``event: error``; OpenAI a ``data:`` chunk holding ``error``), which
-both SDKs raise as an API error.
+``ApiError`` is what the client is told; its dialect renders it (``Dialect.error_payload``
+has each API's shape, ``Dialect.error_event`` the same error inside a stream that
+already started). ``from_exception`` is the one translation from the pipeline's
+exceptions to a status, a message and headers.
 """
 
 from __future__ import annotations
@@ -14,13 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import BackendError, BudgetError, CircuitOpenError, FatalBackendError, RetryableError
-from .sse import encode_event
-
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                    429: "rate_limit_error", 504: "timeout_error", 529: "overloaded_error"}
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
-                 403: "permission_error", 404: "not_found_error", 429: "rate_limit_exceeded"}
+from .dialects import Dialect
 
 
 @dataclass
@@ -32,24 +25,15 @@ class ApiError:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
 
-    def payload(self, api: str) -> dict:
-        """The error object in ``api``'s shape."""
-        if api == "anthropic":
-            kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
-            return {"type": "error", "error": {"type": kind, "message": self.message}}
-        kind = _OPENAI_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": None, "code": kind}}
-
-    def render(self, api: str) -> bytes:
-        """The response body: the upstream's own error JSON when it sent one, else ours."""
+    def render(self, dialect: Dialect) -> bytes:
+        """The response body: the upstream's own error JSON when it sent one, else ours in ``dialect``'s shape."""
         if self.body is not None and _is_json(self.body):
             return self.body
-        return json.dumps(self.payload(api)).encode()
+        return dialect.error_body(self.status, self.message)
 
-    def event(self, api: str) -> bytes:
+    def event(self, dialect: Dialect) -> bytes:
         """The same error as an SSE event, for a stream already under way."""
-        payload = self.payload(api)
-        return encode_event("error" if api == "anthropic" else None, payload)
+        return dialect.error_event(self.status, self.message)
 
 
 def _is_json(raw: bytes) -> bool:

@@ -1,7 +1,7 @@
 """The provider side of collapsing context: prompt-cache breakpoints, a warm-up barrier, prefix routing.
 
 Breakpoints. Anthropic caches a prompt prefix only where a request marks it with
-``cache_control``. With ``context_cache = "auto"`` a request that carries none gets
+``cache_control`` (its dialect's ``cache_marks``). With ``context_cache = "auto"`` a request that carries none gets
 one after the shared prefix (tools + system: the part every task of a fleet shares)
 and, in a multi-turn history, a rolling one on the last block so the next turn reads
 the whole conversation back. That is at most two of Anthropic's four. A request that
@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..clock import REAL_CLOCK, Clock
+from .dialects import Dialect
 
 EPHEMERAL = {"type": "ephemeral"}
 MAX_BREAKPOINTS = 4
@@ -102,15 +103,9 @@ def add_breakpoints(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def shared_prefix(api: str, body: Mapping[str, Any]) -> tuple[bytes, int]:
-    """(key, estimated tokens) of the part of a request that tasks share."""
-    if api == "anthropic":
-        parts = {"model": body.get("model"), "tools": body.get("tools"), "system": body.get("system")}
-    else:
-        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-        lead = [m for m in messages[:4] if isinstance(m, dict) and m.get("role") in ("system", "developer")]
-        parts = {"model": body.get("model"), "tools": body.get("tools"), "lead": lead or messages[:1]}
-    text = _dumps(parts)
+def shared_prefix(dialect: Dialect, body: Mapping[str, Any]) -> tuple[bytes, int]:
+    """(key, estimated tokens) of the part of a request that tasks share (the model and ``dialect.prefix_parts``)."""
+    text = _dumps({"model": body.get("model"), **dialect.prefix_parts(body)})
     return hashlib.blake2b(text.encode(), digest_size=16).digest(), len(text) // CHARS_PER_TOKEN
 
 
@@ -128,6 +123,7 @@ class WarmupBarrier:
         self.wait_s = wait_s
         self.ttl_s = ttl_s
         self.clock = clock
+        self.waiting = 0  # requests held right now, behind a warmer
         self._warm: dict[bytes, float] = {}
         self._warming: dict[bytes, asyncio.Event] = {}
 
@@ -148,11 +144,14 @@ class WarmupBarrier:
             if event is None:
                 self._warming[key] = asyncio.Event()
                 return True
+            self.waiting += 1
             try:
                 async with asyncio.timeout_at(deadline):
                     await event.wait()
             except TimeoutError:
                 return False  # bounded: go without the cache rather than wait on
+            finally:
+                self.waiting -= 1
         return False
 
     def release(self, key: bytes, *, warmed: bool) -> None:

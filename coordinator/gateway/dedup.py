@@ -9,7 +9,7 @@ live (``Flight.follow``). A flight that completes successfully becomes a ``Reply
 in the ``ResponseCache``; a failed, cancelled or partial one never does.
 
 The key (``dedup_key``) is a 128-bit BLAKE2b of the endpoint, the backend, the
-headers that change the answer and the canonical body (sorted keys, with ``stream``
+headers that change the answer (the dialect's ``key_headers``) and the canonical body (sorted keys, with ``stream``
 and ``metadata`` left out: Claude Code's runs of one prompt differ only in
 ``metadata.user_id``, and a streaming and a non-streaming request share one call).
 """
@@ -24,20 +24,20 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .accounting import Usage
 from ..clock import REAL_CLOCK, Clock
+from .dialects import Dialect, Usage
 
-KEY_HEADERS = ("anthropic-version", "anthropic-beta")
 _IGNORED_FIELDS = ("stream", "metadata")
 # Per-entry bookkeeping beyond the payload (dict slot, dataclass, list), so the byte
 # bound tracks real memory rather than payload alone.
 ENTRY_OVERHEAD = 640
 
 
-def dedup_key(path: str, backend: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> bytes:
-    """The 128-bit identity of a request for dedup purposes."""
+def dedup_key(dialect: Dialect, path: str, backend: str, headers: Mapping[str, str],
+              body: Mapping[str, Any]) -> bytes:
+    """The 128-bit identity of a request for dedup purposes (``dialect.key_headers`` change the answer)."""
     h = hashlib.blake2b(digest_size=16)
-    parts = [path, backend] + [headers.get(name, "") for name in KEY_HEADERS]
+    parts = [path, backend, *dialect.key_header_values(headers)]
     h.update("\0".join(parts).encode())
     canon = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS}
     h.update(json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())

@@ -19,33 +19,19 @@ from typing import Any
 
 from ..backends.base import Backend, UpstreamRequest, UpstreamResponse
 from ..config import BackendConfig
-from ..errors import BackendError, CircuitOpenError, FatalBackendError, RetryableError
-from .accounting import Ledger, Price, Usage, Who, usage_from_body_bytes
+from ..clock import REAL_CLOCK, Clock
+from ..errors import BackendError, CircuitOpenError, FatalBackendError, RetryableError, StreamBrokenError
+from .accounting import Ledger, Price, Who
 from .apierrors import from_exception
 from .breaker import CircuitBreaker
-from ..clock import REAL_CLOCK, Clock
 from .context_cache import WarmupBarrier, pick_base_url
 from .dedup import Flight, Reply
+from .dialects import Dialect, StreamScanner, Usage
 from .limits import Limiter
 from .metrics import GatewayMetrics
 from .retry import RetryPolicy, retry_call
-from .sse import StreamScanner, is_valid_first_event
 
 log = logging.getLogger("coordinator.gateway")
-
-# Upstream response headers a proxy must not copy (hop-by-hop, or rewritten by us).
-_DROP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding",
-                           "date", "server", "content-type", "set-cookie", "alt-svc", "via"})
-
-
-class StreamBrokenError(BackendError):
-    """A stream failed after its first events reached clients; not retryable."""
-
-    def __init__(self, message: str, *, usage: Usage | None = None, reported: bool = False) -> None:
-        self.usage = usage or Usage()  # what the provider reported before the break (it bills that)
-        self.reported = reported  # the upstream's own error event already reached the clients
-        super().__init__(message)
-
 
 class Upstream:
     """One backend with the policies wrapped around it: limits, breaker, retry."""
@@ -59,9 +45,9 @@ class Upstream:
                                       clock=clock)
         self.policy = RetryPolicy.for_backend(config)
 
-    def serves(self, api: str) -> bool:
-        """Whether the backend speaks ``api``."""
-        return self.backend.serves(api)
+    def serves(self, dialect: Dialect) -> bool:
+        """Whether the backend speaks ``dialect``'s API."""
+        return self.backend.serves(dialect.name)
 
     def note_retry(self, attempt: int, exc: RetryableError, delay_s: float) -> None:
         """Log a failed attempt that will be retried."""
@@ -72,7 +58,7 @@ class Upstream:
 class Call:
     """What a flight sends upstream, and on whose account."""
 
-    api: str
+    dialect: Dialect
     path: str
     body: dict[str, Any]
     stream: bool
@@ -87,11 +73,6 @@ class Call:
     strip_usage_chunk: bool = False
     barrier_key: bytes | None = None
     warmer: bool = field(default=False, repr=False)
-
-
-def passthrough_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Upstream response headers worth handing to clients (request ids, rate-limit info)."""
-    return {k: v for k, v in headers.items() if k.lower() not in _DROP_HEADERS}
 
 
 class Pipeline:
@@ -125,10 +106,10 @@ class Pipeline:
             log.exception("gateway: unexpected error in a flight to %s", call.chain[0].name)
         else:
             log.warning("gateway: %s %s failed: %s", call.chain[0].name, call.path, exc)
-        if isinstance(exc, StreamBrokenError):
+        if isinstance(exc, StreamBrokenError) and exc.usage is not None:
             self._bill(call, exc.usage)
         if flight.started and not getattr(exc, "reported", False):
-            flight.push(from_exception(exc).event(call.api))
+            flight.push(from_exception(exc).event(call.dialect))
         flight.fail(exc)
 
     def _bill(self, call: Call, usage: Usage) -> None:
@@ -168,7 +149,7 @@ class Pipeline:
                                      output_tokens=usage.output_tokens if usage else 0)
 
     async def _send(self, upstream: Upstream, flight: Flight, call: Call) -> Reply:
-        request = UpstreamRequest(api=call.api, path=call.path, body=call.body, stream=call.stream,  # type: ignore[arg-type]
+        request = UpstreamRequest(api=call.dialect.name, path=call.path, body=call.body, stream=call.stream,
                                   headers=call.headers, query=call.query,
                                   base_url=pick_base_url(upstream.config.base_urls, call.prefix_key))
         started = self.clock.now()
@@ -204,13 +185,13 @@ class Pipeline:
         await response.aclose()
         # Only the usage is read here; the body is kept as bytes (parsed, it would take
         # several times the memory, and only a streaming client joining needs it parsed).
-        return Reply(response.status, passthrough_headers(response.headers), False, body=body,
-                     usage=usage_from_body_bytes(call.api, body))
+        return Reply(response.status, call.dialect.returned_headers(response.headers), False, body=body,
+                     usage=call.dialect.usage_from_body_bytes(body))
 
     async def _pump(self, upstream: Upstream, flight: Flight, call: Call, response: UpstreamResponse) -> Reply:
         """Forward a stream's events into the flight as they arrive."""
-        scanner = StreamScanner(call.api, strip_usage_chunk=call.strip_usage_chunk)
-        flight.headers = passthrough_headers(response.headers)
+        scanner = call.dialect.scanner(strip_usage_chunk=call.strip_usage_chunk)
+        flight.headers = call.dialect.returned_headers(response.headers)
         iterator = response.chunks.__aiter__() if response.chunks is not None else _single(response.body)
         try:
             while True:
@@ -235,7 +216,7 @@ class Pipeline:
             # and nothing has reached the clients yet.
             raise RetryableError(f"upstream stream error: {scanner.error.get('message', scanner.error)}",
                                  status=529 if scanner.error.get("type") == "overloaded_error" else 502)
-        if events and not flight.events and not is_valid_first_event(call.api, events[0]):
+        if events and not flight.events and not call.dialect.is_valid_first_event(events[0]):
             raise RetryableError(f"upstream sent a malformed stream (first event {events[0][:80]!r})", status=502)
         for event in events:
             flight.push(event)

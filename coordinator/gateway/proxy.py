@@ -18,22 +18,19 @@ from typing import Any
 from aiohttp import web
 
 from ..config import FleetConfig, ModelAlias
+from ..errors import BudgetError
 from .accounting import Ledger, Price, Who, price_for
 from .apierrors import ApiError, from_exception
 from .context_cache import CHARS_PER_TOKEN, MIN_PREFIX_TOKENS, add_breakpoints, shared_prefix
 from .dedup import Flight, FlightTable, Reply, ResponseCache, dedup_key
+from .dialects import Dialect
 from .metrics import GatewayMetrics
 from .pipeline import Call, Pipeline, Upstream
-from .sse import body_to_events, events_to_body
 from .tokens import TokenClaims, read_token
 
-API_NAMES = {"anthropic": "the Anthropic Messages API", "openai": "the OpenAI Chat Completions API"}
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
 _MAX_TOKEN_CACHE = 10_000
-# The gateway token must never reach a provider; framing is the HTTP client's business.
-_NOT_FORWARDED = frozenset({"authorization", "x-api-key", "host", "content-length", "content-type", "connection",
-                            "keep-alive", "transfer-encoding", "accept-encoding", "cookie", "te", "upgrade"})
 
 
 @dataclass(frozen=True)
@@ -55,19 +52,19 @@ class Router:
                                  else ("default" if "default" in upstreams else next(iter(upstreams))))
         self._prices: dict[tuple[str, str], Price] = {}  # (alias or "", model) → price, computed once
 
-    def resolve(self, api: str, model: Any) -> Route | ApiError:
-        """The route for ``model`` on ``api``, or a 400 naming the fix."""
+    def resolve(self, dialect: Dialect, model: Any) -> Route | ApiError:
+        """The route for ``model`` on ``dialect``'s API, or a 400 naming the fix."""
         name = model if isinstance(model, str) else ""
         alias: ModelAlias | None = self.config.models.get(name)
         backend = alias.backend if alias else self._default_backend
         upstream_model = alias.model if alias else name
         primary = self.upstreams[backend]
-        if not primary.serves(api):
+        if not primary.serves(dialect):
             return ApiError(400, f"model {name!r} routes to backend {backend!r} ({primary.backend.kind}), which does "
-                                 f"not serve {API_NAMES[api]}; in fleet.toml map it under [models] to a backend "
+                                 f"not serve {dialect.title}; in fleet.toml map it under [models] to a backend "
                                  f"that does, or call the endpoint of the API that backend speaks")
         chain = [primary] + [self.upstreams[f] for f in primary.config.fallback
-                             if f in self.upstreams and self.upstreams[f].serves(api)]
+                             if f in self.upstreams and self.upstreams[f].serves(dialect)]
         price = self._prices.get((name if alias else "", upstream_model))
         if price is None:
             price = self._prices[(name if alias else "", upstream_model)] = price_for(upstream_model, alias)
@@ -112,64 +109,65 @@ class Proxy:
             self._claims[token] = claims
         return claims
 
-    async def handle(self, request: web.Request, api: str) -> web.StreamResponse:
+    async def handle(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
         """Serve one inference request end to end."""
         claims = self.authenticate(request)
         if claims is None:
             self.metrics.rejected.labels("auth").inc()
-            return _error(api, ApiError(401, "invalid gateway token: use the token from gateway.json or a task "
+            return _error(dialect, ApiError(401, "invalid gateway token: use the token from gateway.json or a task "
                                              "token the coordinator issued (x-api-key or Authorization: Bearer)"))
         body = _parse(await request.read())
         if body is None:
-            return _error(api, ApiError(400, "the request body must be a JSON object"))
-        route = self.router.resolve(api, body.get("model"))
+            return _error(dialect, ApiError(400, "the request body must be a JSON object"))
+        route = self.router.resolve(dialect, body.get("model"))
         if isinstance(route, ApiError):
-            return _error(api, route)
+            return _error(dialect, route)
         who = Who(claims.task_id, claims.agent, route.model, route.chain[0].name)
         refusal = self._admit(claims)
         if refusal is not None:
-            return _error(api, refusal)
+            return _error(dialect, refusal)
         self.ledger.count_request(who)
         self.pending += 1
         try:
-            return await self._serve(request, api, body, route, who, claims)
+            return await self._serve(request, dialect, body, route, who, claims)
         finally:
             self.pending -= 1
 
     def _admit(self, claims: TokenClaims) -> ApiError | None:
-        reason = self.ledger.over_budget(claims.task_id, claims.max_usd, claims.max_tokens)
-        if reason is not None:
+        try:
+            self.ledger.check_budget(claims.task_id, claims.max_usd, claims.max_tokens)
+        except BudgetError as exc:
             self.metrics.rejected.labels("budget").inc()
-            return ApiError(402, reason, {"x-should-retry": "false"})
+            return from_exception(exc)
         if self.pending >= self.config.gateway.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             return ApiError(429, f"the gateway queue is full ({self.config.gateway.max_queue} requests waiting); "
                                  f"retry later or raise [gateway] max_queue", {"retry-after": "1"})
         return None
 
-    async def _serve(self, request: web.Request, api: str, body: dict[str, Any], route: Route, who: Who,
+    async def _serve(self, request: web.Request, dialect: Dialect, body: dict[str, Any], route: Route, who: Who,
                      claims: TokenClaims) -> web.StreamResponse:
         path = request.path
         stream = body.get("stream") is True and not path.endswith("/count_tokens")
         no_store = request.headers.get("x-coordinator-cache", "").strip().lower() == "no-store"
         use_dedup = self.config.gateway.dedup and not no_store
-        key = dedup_key(path, route.chain[0].name, request.headers, body) if use_dedup else None
+        key = dedup_key(dialect, path, route.chain[0].name, request.headers, body) if use_dedup else None
         if key is not None and (reply := self.cache.get(key)) is not None:
             self.ledger.record_shared(who, "hit", reply.usage, route.price)
-            return _respond(api, reply, stream, body, "hit")
+            return _respond(dialect, reply, stream, body, "hit")
         flight = self.flights.get(key) if key is not None else None
         how = "joined"
         if flight is None:
-            flight, how = self._launch(key, request, api, body, route, who, claims, stream), "miss"
+            flight, how = self._launch(key, request, dialect, body, route, who, claims, stream), "miss"
         flight.waiters += 1
         try:
-            return await self._answer(request, api, flight, stream, body, how, who, route)
+            return await self._answer(request, dialect, flight, stream, body, how, who, route)
         finally:
             self.flights.leave(flight)
 
-    def _launch(self, key: bytes | None, request: web.Request, api: str, body: dict[str, Any], route: Route,
+    def _launch(self, key: bytes | None, request: web.Request, dialect: Dialect, body: dict[str, Any], route: Route,
                 who: Who, claims: TokenClaims, stream: bool) -> Flight:
-        call = self._build_call(request, api, body, route, who, claims, stream)
+        call = self._build_call(request, dialect, body, route, who, claims, stream)
         flight = Flight(key, stream)
         self.flights.add(flight)
         flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
@@ -186,42 +184,41 @@ class Proxy:
                 self.cache.put(flight.key, flight.reply)
                 self.metrics.cache_bytes.set(self.cache.bytes)
 
-    def _build_call(self, request: web.Request, api: str, body: dict[str, Any], route: Route, who: Who,
+    def _build_call(self, request: web.Request, dialect: Dialect, body: dict[str, Any], route: Route, who: Who,
                     claims: TokenClaims, stream: bool) -> Call:
         upstream_body = {**body, "model": route.model}
-        strip_usage = False
-        if api == "openai" and stream and not (body.get("stream_options") or {}).get("include_usage"):
+        strip_usage = stream and not dialect.streams_usage(body)
+        if strip_usage:
             # Usage is needed for accounting; the chunk carrying it is kept from clients that did not ask.
-            upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-            strip_usage = True
-        is_messages = request.path == "/v1/messages"
+            upstream_body = dialect.with_stream_usage(upstream_body)
+        generates = request.path == dialect.generation_path
         auto = self.config.gateway.context_cache == "auto"
-        if api == "anthropic" and is_messages and auto:
+        if auto and generates and dialect.cache_marks:
             upstream_body = add_breakpoints(upstream_body)
         # The prefix hash costs a JSON dump: skip it when no barrier or routing could use it.
         big_enough = _estimate_tokens(request) >= MIN_PREFIX_TOKENS
         routed = any(len(upstream.config.base_urls) > 1 for upstream in route.chain)
-        prefix_key, prefix_tokens = shared_prefix(api, upstream_body) if big_enough or routed else (b"", 0)
-        use_barrier = auto and (is_messages or api == "openai") and prefix_tokens >= MIN_PREFIX_TOKENS
-        return Call(api=api, path=request.path, body=upstream_body, stream=stream,
-                    headers=_forwarded_headers(request.headers),
+        prefix_key, prefix_tokens = shared_prefix(dialect, upstream_body) if big_enough or routed else (b"", 0)
+        use_barrier = auto and generates and prefix_tokens >= MIN_PREFIX_TOKENS
+        # Client headers go as they came: the backend forwards what the dialect's rules allow.
+        return Call(dialect=dialect, path=request.path, body=upstream_body, stream=stream, headers=request.headers,
                     query=request.query_string, priority=_priority(request, claims), who=who, price=route.price,
                     chain=route.chain, input_estimate=_estimate_tokens(request),
                     prefix_key=prefix_key, strip_usage_chunk=strip_usage,
                     barrier_key=prefix_key if use_barrier else None)
 
-    async def _answer(self, request: web.Request, api: str, flight: Flight, stream: bool, body: dict[str, Any],
+    async def _answer(self, request: web.Request, dialect: Dialect, flight: Flight, stream: bool, body: dict[str, Any],
                       how: str, who: Who, route: Route) -> web.StreamResponse:
         if stream and flight.stream:
             await flight.wait_started()
         else:
             await flight.wait_done()
         if flight.error is not None and not flight.started:
-            return _error(api, from_exception(flight.error), how)
+            return _error(dialect, from_exception(flight.error), how)
         if flight.reply is not None:
-            response: web.StreamResponse = _respond(api, flight.reply, stream, body, how)
+            response: web.StreamResponse = _respond(dialect, flight.reply, stream, body, how)
         elif not stream:  # a non-streaming client of a stream that broke part-way
-            return _error(api, from_exception(flight.error or RuntimeError("stream failed")), how)
+            return _error(dialect, from_exception(flight.error or RuntimeError("stream failed")), how)
         else:
             response = await _relay(request, flight, how)
         if how == "joined" and flight.reply is not None:  # served in full by someone else's call
@@ -237,12 +234,6 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Client headers for the upstream call: everything but credentials, framing and our own."""
-    return {k.lower(): v for k, v in headers.items()
-            if k.lower() not in _NOT_FORWARDED and not k.lower().startswith("x-coordinator-")}
-
-
 def _priority(request: web.Request, claims: TokenClaims) -> int:
     value = request.headers.get("x-coordinator-priority")
     try:
@@ -255,32 +246,32 @@ def _estimate_tokens(request: web.Request) -> int:
     return (request.content_length or 0) // CHARS_PER_TOKEN
 
 
-def _error(api: str, error: ApiError, how: str | None = None) -> web.Response:
+def _error(dialect: Dialect, error: ApiError, how: str | None = None) -> web.Response:
     headers = {**error.headers, "x-coordinator-dedup": how} if how else error.headers
-    return web.Response(status=error.status, body=error.render(api), content_type=JSON_TYPE, headers=headers)
+    return web.Response(status=error.status, body=error.render(dialect), content_type=JSON_TYPE, headers=headers)
 
 
-def _respond(api: str, reply: Reply, stream: bool, body: dict[str, Any], how: str) -> web.Response:
+def _respond(dialect: Dialect, reply: Reply, stream: bool, body: dict[str, Any], how: str) -> web.Response:
     """A finished reply in the mode the client asked for."""
     headers = {**reply.headers, "x-coordinator-dedup": how}
     if stream:
         if reply.stream:
             payload = b"".join(reply.events)
         else:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            payload = b"".join(body_to_events(api, _body_of(api, reply), include_usage=include_usage))
+            events = dialect.body_to_events(_body_of(dialect, reply), include_usage=dialect.streams_usage(body))
+            payload = b"".join(events)
         return web.Response(status=reply.status, body=payload, headers={**headers, "content-type": SSE_TYPE,
                                                                           "cache-control": "no-cache"})
     if not reply.stream:
         return web.Response(status=reply.status, body=reply.body, headers={**headers, "content-type": JSON_TYPE})
-    return web.Response(status=reply.status, body=json.dumps(_body_of(api, reply)).encode(),
+    return web.Response(status=reply.status, body=json.dumps(_body_of(dialect, reply)).encode(),
                         headers={**headers, "content-type": JSON_TYPE})
 
 
-def _body_of(api: str, reply: Reply) -> dict[str, Any]:
+def _body_of(dialect: Dialect, reply: Reply) -> dict[str, Any]:
     """The reply as a parsed body, folding a stream once and remembering it."""
     if reply.converted is None:
-        reply.converted = events_to_body(api, reply.events) if reply.stream else json.loads(reply.body or b"{}")
+        reply.converted = dialect.events_to_body(reply.events) if reply.stream else json.loads(reply.body or b"{}")
     return reply.converted
 
 

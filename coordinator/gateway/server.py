@@ -20,7 +20,7 @@ import random
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,12 @@ from aiohttp import web
 
 from ..backends.base import Backend
 from ..config import FleetConfig
+from ..clock import REAL_CLOCK, Clock
 from .accounting import Ledger, empty_stats
 from .apierrors import ApiError
-from ..clock import REAL_CLOCK, Clock
 from .context_cache import WarmupBarrier
 from .dedup import ResponseCache
+from .dialects import DEFAULT_DIALECT, DIALECTS, Dialect, dialect_for_path
 from .metrics import BREAKER_VALUES, GatewayMetrics
 from .pipeline import Pipeline, Upstream
 from .proxy import Proxy, Router
@@ -100,9 +101,9 @@ class Gateway:
     def app(self) -> web.Application:
         """The aiohttp application (routes only; ``start`` serves it)."""
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post("/v1/messages", self._anthropic)
-        app.router.add_post("/v1/messages/count_tokens", self._anthropic)
-        app.router.add_post("/v1/chat/completions", self._openai)
+        for dialect in DIALECTS.values():
+            for path in dialect.paths:
+                app.router.add_post(path, self._inference(dialect))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/coordinator/stats", self._stats)
@@ -188,11 +189,11 @@ class Gateway:
     def _authorized(self, request: web.Request) -> bool:
         return self.proxy.authenticate(request) is not None
 
-    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self.proxy.handle(request, "anthropic")
-
-    async def _openai(self, request: web.Request) -> web.StreamResponse:
-        return await self.proxy.handle(request, "openai")
+    def _inference(self, dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The handler of ``dialect``'s endpoints."""
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.proxy.handle(request, dialect)
+        return handle
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pid": os.getpid(), "url": self.url})
@@ -214,13 +215,13 @@ class Gateway:
         return web.json_response(self.ledger.task_row(request.match_info["task_id"]))
 
     async def _not_found(self, request: web.Request) -> web.Response:
-        api = "openai" if "chat" in request.path or "completions" in request.path else "anthropic"
+        error = ApiError(404, f"no such endpoint: {request.method} {request.path}")
         return web.Response(status=404, content_type="application/json",
-                            body=ApiError(404, f"no such endpoint: {request.method} {request.path}").render(api))
+                            body=error.render(dialect_for_path(request.path)))
 
 
 def _json_error(error: ApiError) -> web.Response:
-    return web.Response(status=error.status, body=error.render("anthropic"), content_type="application/json",
+    return web.Response(status=error.status, body=error.render(DEFAULT_DIALECT), content_type="application/json",
                         headers=error.headers)
 
 

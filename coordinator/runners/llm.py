@@ -12,7 +12,8 @@
   ``coordinator logs -f`` follows them live.
 * Post: write ``output.md`` and ``usage.json``, then run ``acceptance``.
 
-Standard library HTTP only: an llm agent stays a small process.
+Standard library HTTP only, and the code base's one SSE parser
+(``gateway.sse``, standard library too): an llm agent stays a small process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from ..errors import CoordinatorError
+from ..errors import CoordinatorError, MalformedEventError
+from ..gateway.sse import iter_events
 from ..paths import expand_globs
 from . import RunContext, RunResult, check_acceptance
 
@@ -117,22 +119,17 @@ def read_stream(response: Any, out: Any, should_stop: Any) -> tuple[str, dict[st
     """Parse Anthropic SSE events, writing text deltas to ``out`` as they come."""
     parts: list[str] = []
     usage: dict[str, Any] = {}
-    event, data = "", []
-    for raw in response:
-        line = raw.decode("utf-8").rstrip("\r\n")
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            payload = json.loads("\n".join(data))
-            data = []
-            if event == "error" or payload.get("type") == "error":
+    try:
+        for event in iter_events(response):
+            payload = event.json()
+            if event.name == "error" or payload.get("type") == "error":
                 return "".join(parts), usage, f"stream error: {_error_message(json.dumps(payload).encode())}"
             _apply(payload, parts, usage, out)
             reason = should_stop()
             if reason:
                 return "".join(parts), usage, f"stopped: {reason}"
+    except MalformedEventError as exc:
+        return "".join(parts), usage, f"the gateway sent a malformed stream: {exc}"
     if not usage.get("stopped"):
         return "".join(parts), usage, "stream ended before message_stop"
     usage.pop("stopped")
