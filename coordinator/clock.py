@@ -18,7 +18,6 @@ before the next turn, and stops after ``timeout_s``.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,8 @@ class Clock:
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` of real time."""
+        import asyncio  # noqa: PLC0415  (agents use this module's poll() and must not load asyncio)
+
         await asyncio.sleep(max(0.0, seconds))
 
     def wait(self, seconds: float, wake: threading.Event | None = None) -> None:
@@ -69,6 +70,8 @@ class ManualClock(Clock):
 
     async def sleep(self, seconds: float) -> None:
         """Record the wait, jump virtual time forward, and let other tasks run."""
+        import asyncio  # noqa: PLC0415
+
         self.slept.append(seconds)
         self.advance(seconds)
         await asyncio.sleep(0)
