@@ -22,7 +22,7 @@ from typing import Any
 from ..config import BackendConfig
 from ..gateway.dialects import Dialect, dialect_for
 
-# Status codes worth retrying (DESIGN §7).
+# Status codes worth retrying (docs/gateway.md, "The pipeline").
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 

@@ -25,11 +25,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How many times and how long to wait between attempts."""
+    """How many times and how long to wait between attempts; the defaults are `[backends.*]`'s (config.py)."""
 
-    max_retries: int = 4
-    base_s: float = 0.5
-    max_s: float = 30.0
+    max_retries: int
+    base_s: float
+    max_s: float
 
     @classmethod
     def for_backend(cls, config: BackendConfig) -> RetryPolicy:

@@ -27,8 +27,10 @@ from typing import Any
 from aiohttp import web
 
 from ..backends.base import Backend
+from ..atomic import PRIVATE_FILE, write_json_atomic
 from ..config import FleetConfig
 from ..clock import REAL_CLOCK, Clock
+from .client import gateway_path, stats_path
 from .accounting import Ledger, empty_stats
 from .apierrors import ApiError
 from .context_cache import WarmupBarrier
@@ -41,25 +43,9 @@ from .tokens import new_fleet_token
 
 log = logging.getLogger("coordinator.gateway")
 
-STATE_FILE = "gateway.json"
-STATS_FILE = "gateway-stats.json"
 SAVE_EVERY_S = 1.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 LISTEN_BACKLOG = 4096  # 1,000 clients connecting at once must not overflow the accept queue
-
-
-def write_private_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temp file + ``os.replace``), readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Gateway:
@@ -91,12 +77,12 @@ class Gateway:
     @property
     def state_path(self) -> Path:
         """``<state_dir>/gateway.json``."""
-        return self.config.state_dir / STATE_FILE
+        return gateway_path(self.config)
 
     @property
     def stats_path(self) -> Path:
         """``<state_dir>/gateway-stats.json``."""
-        return self.config.state_dir / STATS_FILE
+        return stats_path(self.config)
 
     def app(self) -> web.Application:
         """The aiohttp application (routes only; ``start`` serves it)."""
@@ -123,7 +109,9 @@ class Gateway:
         await site.start()
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        write_private_json(self.state_path, {"url": self.url, "pid": os.getpid(), "token": self.token})
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.state_path, {"url": self.url, "pid": os.getpid(), "token": self.token},
+                          mode=PRIVATE_FILE, indent=1)
         self._saver = asyncio.get_running_loop().create_task(self._save_loop())
         log.info("gateway: serving on %s (%d backends)", self.url, len(self.upstreams))
 
@@ -163,7 +151,7 @@ class Gateway:
         version = self.ledger.version
         if not force and version == self._saved_version:
             return
-        write_private_json(self.stats_path, self.ledger.snapshot())
+        write_json_atomic(self.stats_path, self.ledger.snapshot(), mode=PRIVATE_FILE, indent=1)
         self._saved_version = version
 
     def _load_stats(self) -> None:
