@@ -44,8 +44,8 @@ def process_is_alive(pid: int, started_at: float | None = None) -> bool:
 
 def kill_group_of(pid: int, started_at: float) -> None:
     """SIGKILL the process group led by ``pid``, only if ``pid`` is still that process."""
-    if not process_is_alive(pid, started_at):
-        return
+    if start_time(pid) is None or not process_is_alive(pid, started_at):
+        return  # gone, or hidden from us (AccessDenied): no proof of identity, no kill
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
