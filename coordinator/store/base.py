@@ -61,6 +61,8 @@ class Record:
     finished_at: float | None = None
     last_error: str | None = None
     file_hash: str | None = None
+    generation: int = 0  # raised by every retry: budgets and caches start afresh with it
+    retry_at: float | None = None  # a failed attempt's task is not claimed again before this (backoff)
     usage: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -120,8 +122,12 @@ class Store(ABC):
 
     @abstractmethod
     def finish(self, claim: Claim, *, ok: bool, max_attempts: int, error: str | None = None,
-               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Record:
-        """Record an attempt's outcome: done, pending for another attempt, or failed; fenced."""
+               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+               backoff_s: float = 0.0) -> Record:
+        """Record an attempt's outcome: done, pending for another attempt, or failed; fenced.
+
+        A task put back for another attempt is not claimed again for ``backoff_s``.
+        """
 
     @abstractmethod
     def release(self, claim: Claim, *, reason: str) -> Record:
@@ -147,6 +153,14 @@ class Store(ABC):
     @abstractmethod
     def repair(self, task_ids: Iterable[str]) -> list[str]:
         """Put back to pending, uncounted, any of ``task_ids`` left running with no claim; their ids."""
+
+    @abstractmethod
+    def set_paused(self, paused: bool) -> bool:
+        """Pause (agents claim nothing; running tasks finish) or resume the fleet; whether it changed."""
+
+    @abstractmethod
+    def is_paused(self) -> bool:
+        """Whether the fleet is paused."""
 
     # -- notes, reads and the feed --------------------------------------------
 

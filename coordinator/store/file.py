@@ -38,6 +38,7 @@ class FileStore(LockedStore):
         self.records_dir = state_dir / "records"
         self.agents_dir = state_dir / "agents"
         self.events_path = state_dir / "events.jsonl"
+        self.paused_path = state_dir / "paused"
         for folder in (self.claims_dir, self.records_dir, self.agents_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._file_lock = FileLock(state_dir / "queue.lock", poll_interval=LOCK_POLL_S)
@@ -65,6 +66,15 @@ class FileStore(LockedStore):
             os.write(fd, line.encode("utf-8"))
         finally:
             os.close(fd)
+
+    def _put_paused(self, paused: bool) -> None:
+        if paused:
+            self.paused_path.touch()
+        else:
+            self.paused_path.unlink(missing_ok=True)
+
+    def is_paused(self) -> bool:
+        return self.paused_path.exists()
 
     def read_claim(self, task_id: str) -> Claim | None:
         return claim_from(read_json(self.claims_dir / f"{task_id}.json"))

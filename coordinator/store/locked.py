@@ -56,6 +56,10 @@ class LockedStore(Store):
     def _put_event(self, event: dict[str, Any]) -> None:
         """Append one event to the feed."""
 
+    @abstractmethod
+    def _put_paused(self, paused: bool) -> None:
+        """Set or clear the fleet's pause flag."""
+
     # -- operations -----------------------------------------------------------
 
     def now(self) -> float:
@@ -67,7 +71,7 @@ class LockedStore(Store):
     def claim(self, task_id: str, holder: Holder, *, lease_s: float) -> Claim | None:
         with self._lock():
             record = self.read_record(task_id) or Record(id=task_id)
-            if not can("claim", record.state):
+            if not can("claim", record.state) or (record.retry_at is not None and self.now() < record.retry_at):
                 return None
             existing = self.read_claim(task_id)
             if existing is not None:
@@ -96,13 +100,15 @@ class LockedStore(Store):
             return claim
 
     def finish(self, claim: Claim, *, ok: bool, max_attempts: int, error: str | None = None,
-               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Record:
+               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+               backoff_s: float = 0.0) -> Record:
         with self._lock():
             record = self._check_current(claim, "done" if ok else "fail")
             record.attempts = claim.attempt
             state = after_attempt(ok, record.attempts, max_attempts)
             record.state = transition("finish", claim.task, record.state, state)
             record.last_error, record.finished_at = error, self.now()
+            record.retry_at = self.now() + backoff_s if state == State.PENDING and backoff_s > 0 else None
             if usage:
                 record.usage = usage
             record.file_hash = (extra or {}).get("file_hash", record.file_hash)
@@ -111,7 +117,7 @@ class LockedStore(Store):
             self._drop_claim(claim.task)
             kind = "retrying" if state == State.PENDING else str(state)
             self.append_event(kind, task=claim.task, agent=claim.agent, epoch=claim.epoch, attempt=claim.attempt,
-                              error=error, state=state)
+                              error=error, state=state, retry_at=record.retry_at)
             return record
 
     def release(self, claim: Claim, *, reason: str) -> Record:
@@ -146,6 +152,9 @@ class LockedStore(Store):
             record = self.read_record(task_id) or Record(id=task_id)
             claim = self.read_claim(task_id)
             record.state = transition("cancel", task_id, record.state, State.CANCELLED)
+            record.finished_at = self.now()
+            if claim is not None:
+                record.history.append(self._history(claim, "cancelled", "cancelled while running", None))
             self._put_record(record)
             self._drop_claim(task_id)  # the holder's next renew or finish is fenced
             self.append_event("cancelled", task=task_id, agent=claim.agent if claim else None,
@@ -157,9 +166,11 @@ class LockedStore(Store):
             record = self.read_record(task_id) or Record(id=task_id)
             previous = record.state
             record.state = transition("retry", task_id, record.state, State.PENDING)
-            record.attempts, record.last_error = 0, None
+            record.attempts, record.last_error, record.retry_at = 0, None, None
+            record.generation += 1
             self._put_record(record)
-            self.append_event("retried", task=task_id, previous=previous, state=State.PENDING)
+            self.append_event("retried", task=task_id, previous=previous, state=State.PENDING,
+                              generation=record.generation)
             return record
 
     def repair(self, task_ids: Iterable[str]) -> list[str]:
@@ -175,6 +186,14 @@ class LockedStore(Store):
                                   reason="running record had no claim", state=State.PENDING)
                 repaired.append(task_id)
         return repaired
+
+    def set_paused(self, paused: bool) -> bool:
+        with self._lock():
+            if self.is_paused() == paused:
+                return False
+            self._put_paused(paused)
+            self.append_event("paused" if paused else "resumed")
+            return True
 
     def plant(self, *, claim: Claim | None = None, record: Record | None = None) -> None:
         """Write a claim or record as given, bypassing every rule.

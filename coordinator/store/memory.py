@@ -27,6 +27,7 @@ class MemoryStore(LockedStore):
         self.records: dict[str, Record] = {}
         self.events: list[dict[str, Any]] = []
         self.agents: dict[str, dict[str, Any]] = {}
+        self.paused = False
 
     def _lock(self) -> threading.RLock:
         return self._mutex
@@ -42,6 +43,12 @@ class MemoryStore(LockedStore):
 
     def _put_event(self, event: dict[str, Any]) -> None:
         self.events.append({k: str(v) if k == "state" else v for k, v in event.items()})
+
+    def _put_paused(self, paused: bool) -> None:
+        self.paused = paused
+
+    def is_paused(self) -> bool:
+        return self.paused
 
     def read_claim(self, task_id: str) -> Claim | None:
         return copy.deepcopy(self.claims.get(task_id))
