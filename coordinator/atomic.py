@@ -16,7 +16,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-PRIVATE_FILE = 0o600
+PRIVATE_FILE = 0o600  # state files: other users read none of it (docs/security.md)
+PRIVATE_DIR = 0o700
+USER_UMASK_ENV = "COORDINATOR_USER_UMASK"  # the user's umask, kept for the programs tasks run
+
+
+def private_umask() -> int:
+    """Create everything private from now on (0600 files, 0700 folders); the umask to give children.
+
+    The state folder holds prompts, outputs and logs, some copied from files only
+    their owner may read. Processes that write state call this once; the programs
+    they run for tasks get the user's own umask back (``run_process``), so files an
+    agent writes in the user's repository keep their usual modes.
+    """
+    previous = os.umask(0o077)
+    inherited = os.environ.get(USER_UMASK_ENV)
+    if inherited is None:
+        os.environ[USER_UMASK_ENV] = oct(previous)
+        return previous
+    return int(inherited, 8)
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:

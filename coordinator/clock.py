@@ -34,6 +34,10 @@ class Clock:
         """Seconds since the epoch (shared between processes)."""
         return time.time()
 
+    def boot(self) -> float:
+        """Seconds since boot, counting time stopped (SIGSTOP) and suspended (a sleeping laptop)."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` of real time."""
         import asyncio  # noqa: PLC0415  (agents use this module's poll() and must not load asyncio)
@@ -64,6 +68,10 @@ class ManualClock(Clock):
         """Virtual wall time, moving with ``now``."""
         return self.t + self.wall_offset
 
+    def boot(self) -> float:
+        """Virtual time since boot, moving with ``now``."""
+        return self.t
+
     def advance(self, seconds: float) -> None:
         """Move virtual time forward."""
         self.t += max(0.0, seconds)
@@ -86,13 +94,15 @@ REAL_CLOCK = Clock()
 
 
 def poll(step_s: float, *, timeout_s: float | None = None, wake: threading.Event | None = None,
-         clock: Clock = REAL_CLOCK, wait: Callable[[float], object] | None = None) -> Iterator[float]:
+         clock: Clock = REAL_CLOCK, wait: Callable[[float], object] | None = None, growth: float = 1.0,
+         max_step_s: float | None = None) -> Iterator[float]:
     """Yield seconds elapsed, waiting ``step_s`` between turns, until ``timeout_s`` has passed.
 
     The caller's ``break`` ends the wait; running out of time ends the loop
     (check the condition after it). ``wake`` cuts a wait short, and is cleared
     before the next turn so one set wakes one turn. ``wait`` replaces the pause
     with a blocking call that may return early (``Popen.wait`` with a timeout).
+    ``growth`` multiplies the step after each turn, up to ``max_step_s`` (backoff).
     """
     start = clock.now()
     while True:
@@ -109,3 +119,4 @@ def poll(step_s: float, *, timeout_s: float | None = None, wake: threading.Event
             clock.wait(max(0.0, pause), wake)
         if wake is not None:
             wake.clear()
+        step_s = min(step_s * growth, max_step_s if max_step_s is not None else float("inf"))

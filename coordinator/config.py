@@ -38,6 +38,8 @@ class FleetSection(_Strict):
     heartbeat_s: float = Field(5.0, gt=0)
     grace_s: float = Field(10.0, ge=0)
     max_usd: float = Field(0.0, ge=0)
+    retry_backoff_s: float = Field(2.0, ge=0)  # a failed attempt's task waits this, doubling per attempt
+    retry_backoff_max_s: float = Field(120.0, ge=0)
 
 
 class GatewaySection(_Strict):

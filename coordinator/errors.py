@@ -6,6 +6,8 @@
     ├── ConfigError(path, key)          bad fleet.toml or task file
     ├── TaskError(task_id)              unknown id, invalid state change
     ├── ClaimLostError(task, epoch)     fencing: someone else holds the task now
+    ├── StateError(path)                the state folder cannot be written (disk full, read-only)
+    ├── FleetRunningError(pid)          a second `coordinator run` in a fleet root that has one
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
     └── BackendError(backend)
         ├── RetryableError(retry_after_s)
@@ -69,6 +71,29 @@ class ClaimLostError(CoordinatorError):
         self.epoch = epoch
         detail = f": {reason}" if reason else ""
         super().__init__(f"claim on task {task!r} at epoch {epoch} was lost{detail}")
+
+
+class StateError(CoordinatorError):
+    """A state file could not be written; the message names the path and the fix."""
+
+    def __init__(self, path: Path | str, exc: OSError) -> None:
+        self.path = str(path)
+        self.errno = exc.errno
+        reason = exc.strerror or str(exc)
+        fix = "free some disk space" if exc.errno == 28 else f"make {Path(path).parent} writable"
+        super().__init__(f"cannot write {path} ({reason}); {fix}, then try again")
+
+
+class FleetRunningError(CoordinatorError):
+    """One fleet per root: a `coordinator run` is already working in it."""
+
+    exit_code = 2
+
+    def __init__(self, root: Path | str, pid: int | None) -> None:
+        self.pid = pid
+        who = f" (pid {pid})" if pid else ""
+        super().__init__(f"a fleet is already running in {root}{who}; watch it with `coordinator status`, "
+                         "add workers with `coordinator agent`, or stop it before starting another")
 
 
 class BudgetError(CoordinatorError):

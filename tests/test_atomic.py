@@ -141,4 +141,5 @@ def test_the_harness_catches_a_plain_writer_tearing_the_file(tmp_path: Path) -> 
     to 30 kills (in practice the first one suffices) so it cannot loop forever."""
     outcome = run_harness(tmp_path, "plain", kills=30, stop_when_torn=True)
     assert outcome.torn >= 1, f"no torn read in {outcome.rounds} kills and {outcome.reads} reads"
-    assert outcome.first_bad_len < BLOB_CHARS  # what it saw was a prefix, not a whole file
+    # What it saw was cut short, or whole-length but mixing two writes (a reader racing the writer).
+    assert 0 <= outcome.first_bad_len <= BLOB_CHARS

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.secrets import PROVIDER_KEY_VARS
+from coordinator.provider_keys import PROVIDER_KEY_VARS
 from tests.conftest import subprocess_env
 from tests.procs import record, run_cli
 

@@ -18,18 +18,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..atomic import USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import FleetConfig
 from ..errors import ClaimLostError, CoordinatorError
 from ..gateway.client import GatewayInfo, read_gateway
 from ..paths import confine
-from ..queue.claims import ClaimBook, current_holder
+from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
 from ..queue.view import QueueView
 from ..runners import RunContext, RunResult, get_runner
-from ..secrets import without_secrets
+from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
-from .workspace import run_dir
+from .workspace import dependency_outputs, run_dir, write_feedback
 
 IDLE_POLL_S = 0.2
 REAP_EVERY_S = 1.0
@@ -40,6 +41,9 @@ FIRST_BEAT_S = 0.5
 # `coordinator run` starts agents and its gateway together; an agent's first task may need to wait.
 GATEWAY_WAIT_S = 10.0
 GATEWAY_POLL_S = 0.05
+# Waits between checks for a gateway that went away: quick at first, then every few seconds.
+GATEWAY_RETRY_S = 0.2
+GATEWAY_RETRY_MAX_S = 5.0
 
 
 class Agent:
@@ -50,12 +54,14 @@ class Agent:
                  supervisor_pid: int | None = None) -> None:
         self.config = config
         self.agent_id = agent_id
-        self.env = without_secrets(env, config)  # an agent started by hand must not pass keys on
+        # Keys never pass on (an agent started by hand has them in its environment); state is
+        # written private, and the programs tasks run get the user's own umask back.
+        self.env = {**without_secrets(env, config), USER_UMASK_ENV: oct(private_umask())}
         self.until_empty = until_empty
         self.agent_override = agent_override
         self.supervisor_pid = supervisor_pid
         self.store = open_store(config)
-        self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
+        self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s, heartbeat_s=config.fleet.heartbeat_s)
         self.view = QueueView(config, self.store)
         self.holder = current_holder(agent_id)
         self.stop_now = False
@@ -95,14 +101,17 @@ class Agent:
             self.wake.set()  # claim the next task at once
         self.publish("stopped")
         self.store.append_event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
-        return 0
+        return 1 if self.until_empty and self.view.has_failed_work() else 0
 
     def claim_next(self) -> tuple[Task, Claim] | None:
         """Reap stale claims, catch up on the feed, and claim the best ready task."""
         self.view.rescan_if_due()
         started = time.perf_counter()
+        self.book.pulse()
         self._maybe_reap()
         self.view.catch_up()
+        if self.store.is_paused():
+            return None  # running tasks finish; nothing new starts until `coordinator resume`
         while (task := self.view.pop_ready()) is not None:
             claim = self.book.claim(task, self.holder)
             if claim is not None:
@@ -139,12 +148,16 @@ class Agent:
         except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
             return RunResult(False, str(exc))
         gateway = self._gateway()
+        run = run_dir(self.config, task.id, claim.epoch)
+        previous = self.store.read_record(task.id) if claim.attempt > 1 else None
+        token = gateway.task_token(task, self.agent_id, attempt=claim.attempt,
+                                   generation=claim.generation) if gateway else None
         ctx = RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
-                         config=self.config, attempt=claim.attempt, run_dir=run_dir(self.config, task.id, claim.epoch),
-                         workdir=workdir,
+                         config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
                          env=self.env, should_stop=self._should_stop, on_spawn=self._on_spawn,
-                         gateway_url=gateway.url if gateway else None,
-                         gateway_token=gateway.task_token(task, self.agent_id) if gateway else None)
+                         gateway_url=gateway.url if gateway else None, gateway_token=token,
+                         deps=dependency_outputs(self.config, self.store, task, run),
+                         feedback_file=write_feedback(self.config, previous, run))
         result = get_runner(agent.kind)(ctx)
         if gateway is not None:
             result.usage = gateway.task_usage(task.id) or result.usage
@@ -167,9 +180,15 @@ class Agent:
                 # A run that finished is recorded below even while stopping, or it would run twice.
                 self.book.release(claim, reason="agent stopping")
                 return
+            if not result.ok and result.infra:
+                # The gateway, not the task, failed: give the task back uncounted and wait for it.
+                self.book.release(claim, reason=f"infrastructure: {result.error}")
+                self._await_gateway()
+                return
             started = time.perf_counter()
             record = self.book.finish(claim, ok=result.ok, error=result.error, usage=result.usage,
                                       max_attempts=task.max_attempts,
+                                      backoff_s=retry_backoff_s(self.config.fleet, claim.attempt),
                                       extra={"file_hash": task_hash(task),
                                              "claim_ms": round(self.claim_ms, 3),
                                              "run_ms": round(self.run_ms, 3)})
@@ -187,12 +206,23 @@ class Agent:
         for _ in poll(self.config.fleet.heartbeat_s, wake=self.beat_wake):
             if self.current is None:
                 return
+            if self.book.pulse():
+                log(f"{self.agent_id}: this process was paused; renewing {claim.task} at once")
             try:
                 self.book.renew(claim, child_pid=self.child_pid)
             except ClaimLostError as exc:
                 self.lost = exc.args[0]
                 return
             self.publish("running")
+
+    def _await_gateway(self) -> None:
+        """Wait, with capped backoff, until a gateway answers (or this agent is asked to stop)."""
+        log(f"{self.agent_id}: the gateway is unreachable; waiting for it before claiming again")
+        self.publish("waiting for gateway")
+        for _ in poll(GATEWAY_RETRY_S, growth=2.0, max_step_s=GATEWAY_RETRY_MAX_S, wake=self.wake):
+            gateway = read_gateway(self.config)
+            if (gateway is not None and gateway.is_healthy()) or self._should_stop():
+                return
 
     def _should_stop(self) -> str | None:
         if self.lost:
@@ -237,7 +267,7 @@ class Agent:
         """Nothing ready and nothing running anywhere, after a full resync."""
         self._full_resync()
         counts = self.view.counts()
-        return counts.ready == 0 and counts.running == 0
+        return counts.ready == 0 and counts.running == 0 and counts.backing_off == 0
 
     def publish(self, state: str) -> None:
         """Write this agent's heartbeat file, agents/<agent>.json."""

@@ -21,10 +21,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..atomic import private_umask
 from ..clock import poll
 from ..config import FleetConfig
 from ..queue.claims import ClaimBook
-from ..secrets import without_secrets
+from ..provider_keys import without_secrets
 from ..store import open_store
 from ..tasks.cache import load_cached
 
@@ -63,7 +64,7 @@ class Supervisor:
         self.config = config
         self.options = options
         self.store = open_store(config)
-        self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s)
+        self.book = ClaimBook(self.store, lease_s=config.fleet.lease_s, heartbeat_s=config.fleet.heartbeat_s)
         self.agents = [AgentProc(f"agent-{n}") for n in range(1, options.agents + 1)]
         self.on_tick = on_tick
         self.stopping: str | None = None
@@ -72,7 +73,7 @@ class Supervisor:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def agent_env(self) -> dict[str, str]:
-        """The agents' environment: the caller's, without provider keys (``secrets.py``)."""
+        """The agents' environment: the caller's, without provider keys (``provider_keys.py``)."""
         return without_secrets(self.options.env, self.config)
 
     def spawn(self, slot: AgentProc) -> None:
@@ -119,6 +120,9 @@ class Supervisor:
     def tick(self) -> None:
         """One supervision pass: restart crashed agents, reap stale claims, report."""
         now = time.monotonic()
+        if self.book.pulse():
+            self.store.append_event("fleet_paused", reason="the supervisor itself was stopped; every holder "
+                                                           "gets one lease to renew")
         for slot in self.agents:
             self._check(slot, now)
         self.book.reap_stale(self._max_attempts)
@@ -133,8 +137,8 @@ class Supervisor:
         if code is None:
             self._kill_if_hung(slot)
             return
-        if code == 0 and self.options.until_empty:
-            slot.finished = True
+        if self.options.until_empty and self._stopped_cleanly(slot, code):
+            slot.finished = True  # nothing left for it (exit 1: some of the work failed, which is no crash)
             return
         delay = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
         self.store.append_event("agent_exited", agent=slot.agent_id, pid=slot.proc.pid, code=code,
@@ -142,10 +146,17 @@ class Supervisor:
         slot.restarts += 1
         slot.proc, slot.next_start_at = None, now + delay
 
+    def _stopped_cleanly(self, slot: AgentProc, code: int) -> bool:
+        """Exited 0 or 1 after publishing "stopped": the queue drained (1 = with failed work)."""
+        if code not in (0, 1):
+            return False
+        status = self.store.read_agent(slot.agent_id)
+        return status is not None and status.get("pid") == slot.proc.pid and status.get("state") == "stopped"
+
     def _kill_if_hung(self, slot: AgentProc) -> None:
         """An agent whose heartbeat is older than its lease is hung: kill it; it is restarted next tick."""
         status = self.store.read_agent(slot.agent_id)
-        if status is None or status.get("pid") != slot.proc.pid:
+        if self.book.in_grace() or status is None or status.get("pid") != slot.proc.pid:
             return  # not published yet (still booting)
         age_s = self.store.now() - float(status.get("heartbeat_at", 0.0))
         if age_s > self.config.fleet.lease_s + self.config.fleet.heartbeat_s:
@@ -213,6 +224,7 @@ class Display(AbstractContextManager, Protocol):
 
 def run_fleet(config: FleetConfig, options: FleetOptions, make_display: Callable[[], Display]) -> int:
     """``coordinator run``: gateway + supervisor + display; returns the exit code."""
+    private_umask()  # state, logs and the gateway's files are the user's alone
     supervisor = Supervisor(config, options)
     previous = {sig: signal.signal(sig, lambda signum, frame: supervisor.request_stop(signal.Signals(signum).name))
                 for sig in (signal.SIGINT, signal.SIGTERM)}

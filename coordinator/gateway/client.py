@@ -40,12 +40,22 @@ class GatewayInfo:
     pid: int
     token: str
 
-    def task_token(self, task: Any, agent_id: str) -> str:
-        """A token naming ``task`` (with its priority and budget) for one attempt."""
+    def task_token(self, task: Any, agent_id: str, *, attempt: int = 1, generation: int = 0) -> str:
+        """A token naming ``task`` (with its priority, budget, attempt and retry generation) for one attempt."""
         from .tokens import task_token  # noqa: PLC0415  (hmac only, but keep agents lean)
 
         return task_token(self.token, task.id, agent=agent_id, priority=task.priority,
-                          max_usd=task.max_usd, max_tokens=task.max_tokens_budget)
+                          max_usd=task.max_usd, max_tokens=task.max_tokens_budget, attempt=attempt,
+                          generation=generation)
+
+    def is_healthy(self) -> bool:
+        """Whether the gateway answers its health check."""
+        request = urllib.request.Request(self.url + "/healthz", headers={"x-api-key": self.token})
+        try:
+            with urllib.request.urlopen(request, timeout=STATS_TIMEOUT_S) as response:
+                return response.status == 200
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
 
     def get_json(self, path: str) -> dict[str, Any] | None:
         """GET a gateway JSON endpoint with the fleet token; None when unreachable."""

@@ -18,9 +18,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..clock import REAL_CLOCK, Clock
+from ..config import FleetSection
 from ..liveness import HOST, kill_group_of, process_is_alive, start_time
 from ..store import Claim, Holder, Record, Store
 from ..tasks import Task
+
+
+PAUSE_MARGIN_S = 2.0
 
 
 def current_holder(agent: str) -> Holder:
@@ -43,6 +48,15 @@ def holder_is_dead(claim: Claim) -> bool:
     return claim.host == HOST and not process_is_alive(claim.pid, claim.pid_started_at)
 
 
+def retry_backoff_s(fleet: FleetSection, attempt: int) -> float:
+    """How long a task whose attempt ``attempt`` failed waits before it may be claimed again.
+
+    Exponential and capped: an attempt that failed at once (a flaky test, a rate limit
+    upstream) is not retried in the same second, and a long run of failures waits minutes.
+    """
+    return min(fleet.retry_backoff_max_s, fleet.retry_backoff_s * 2 ** max(0, attempt - 1))
+
+
 def kill_runner(claim: Claim) -> None:
     """Kill the runner a taken-over claim left behind, on this host and only on proof of identity."""
     if claim.host == HOST and claim.child_pid and claim.child_started_at is not None:
@@ -50,11 +64,39 @@ def kill_runner(claim: Claim) -> None:
 
 
 class ClaimBook:
-    """The claim protocol over a ``Store``: one per agent or supervisor process."""
+    """The claim protocol over a ``Store``: one per agent or supervisor process.
 
-    def __init__(self, store: Store, *, lease_s: float) -> None:
+    It also notices when its own process was stopped (SIGSTOP, a sleeping laptop):
+    every loop of the process calls ``pulse()``, and a gap far longer than the
+    loops allow means the process itself was not running. Then every holder was
+    probably stopped too, so for one lease from now a claim whose lease merely
+    expired is not reclaimed (a provably dead holder still is): the holders get
+    one lease to renew, and a run that finished during the pause is recorded
+    instead of being run again.
+    """
+
+    def __init__(self, store: Store, *, lease_s: float, heartbeat_s: float = 5.0,
+                 clock: Clock = REAL_CLOCK) -> None:
         self.store = store
         self.lease_s = lease_s
+        self.clock = clock
+        # Loops pulse at least every heartbeat; a gap this long is a pause, not a slow loop.
+        self.pause_after_s = 2 * heartbeat_s + PAUSE_MARGIN_S
+        self._pulse_at: float | None = None
+        self._grace_until = float("-inf")
+
+    def pulse(self) -> bool:
+        """Note that this process runs; True when it was just paused (grace begins)."""
+        now = self.clock.boot()
+        paused = self._pulse_at is not None and now - self._pulse_at > self.pause_after_s
+        self._pulse_at = now
+        if paused:
+            self._grace_until = now + self.lease_s
+        return paused
+
+    def in_grace(self) -> bool:
+        """Whether expired leases are being given time to renew after this process was paused."""
+        return self.clock.boot() < self._grace_until
 
     def claim(self, task: Task, holder: Holder) -> Claim | None:
         """Claim ``task`` if it is pending and unclaimed."""
@@ -67,9 +109,11 @@ class ClaimBook:
         return self.store.renew(claim)
 
     def finish(self, claim: Claim, *, ok: bool, max_attempts: int, error: str | None = None,
-               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Record:
-        """Record the attempt's outcome (fenced)."""
-        return self.store.finish(claim, ok=ok, max_attempts=max_attempts, error=error, usage=usage, extra=extra)
+               usage: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+               backoff_s: float = 0.0) -> Record:
+        """Record the attempt's outcome (fenced); a task put back waits ``backoff_s``."""
+        return self.store.finish(claim, ok=ok, max_attempts=max_attempts, error=error, usage=usage, extra=extra,
+                                 backoff_s=backoff_s)
 
     def release(self, claim: Claim, reason: str = "stopped") -> Record:
         """Give the task back without counting the attempt (fenced)."""
@@ -78,10 +122,11 @@ class ClaimBook:
     def reap_stale(self, max_attempts_of: Callable[[str], int]) -> list[str]:
         """Reclaim every stale claim, killing what it left running; the task ids reclaimed."""
         reaped = []
+        self.pulse()
         now = self.store.now()
         for claim in self.store.list_claims():
             reason = stale_reason(claim, now)
-            if reason is None:
+            if reason is None or (reason == "expired" and self.in_grace()):
                 continue
             kill_runner(claim)
             if self.store.reclaim(claim, reason=reason, max_attempts=max_attempts_of(claim.task)) is not None:

@@ -32,6 +32,7 @@ class QueueCounts:
     ready: int
     running: int
     waiting: int
+    backing_off: int = 0  # failed an attempt and waiting out its retry backoff
 
 
 class QueueView:
@@ -45,6 +46,8 @@ class QueueView:
         self.taskset: TaskSet = TaskSet(tasks={}, invalid=[], blocked={}, dependents={})
         self.states: dict[str, State] = {}
         self.heap: list[tuple[tuple, str]] = []
+        self.retry_at: dict[str, float] = {}  # tasks backing off after a failed attempt
+        self.backoff: list[tuple[float, str]] = []  # the same, by when they may run
         self.cursor = 0
         self._scanned_at = float("-inf")
 
@@ -57,7 +60,12 @@ class QueueView:
         save_index(self.config, self.index)
         self._scanned_at = self.clock.now()
         records = self.store.iter_records() if records is None else records
-        self.states = {r.id: r.state for r in records}
+        self.states = {}
+        self.retry_at, self.backoff = {}, []
+        for record in records:
+            self.states[record.id] = record.state
+            if record.retry_at is not None and record.state == State.PENDING:
+                self._back_off(record.id, record.retry_at)
         self.heap = []
         if build_heap:  # only claimers need it; reports (status, tasks) read states alone
             self.heap = [(task.sort_key(), task.id) for task in self.taskset.tasks.values()
@@ -83,6 +91,10 @@ class QueueView:
                 continue  # a note (fenced, agent_started, ...) changes no task's state
             state = State(state)
             self.states[task_id] = state
+            if event.get("retry_at"):
+                self._back_off(task_id, float(event["retry_at"]))
+            else:
+                self.retry_at.pop(task_id, None)
             self._push_if_ready(task_id)
             if state == State.DONE:
                 for child in self.taskset.dependents.get(task_id, ()):
@@ -90,6 +102,8 @@ class QueueView:
 
     def pop_ready(self) -> Task | None:
         """The best ready task by local knowledge, removed from the heap."""
+        if self.backoff:
+            self._release_due()
         while self.heap:
             _, task_id = heapq.heappop(self.heap)
             if self.is_ready(task_id):
@@ -97,13 +111,16 @@ class QueueView:
         return None
 
     def is_ready(self, task_id: str) -> bool:
-        """Pending, valid, and every dependency done."""
-        task = self.taskset.tasks.get(task_id)
-        if task is None or task_id in self.taskset.blocked:
-            return False
-        if self.states.get(task_id, State.PENDING) != State.PENDING:
-            return False
-        return all(self.states.get(dep) == State.DONE for dep in task.depends_on)
+        """Pending, valid, every dependency done, and not backing off after a failed attempt."""
+        return self._is_runnable(task_id) and not self._is_backing_off(task_id)
+
+    def has_failed_work(self) -> bool:
+        """Whether any task failed for good, is blocked, or any task file is invalid (exit code 1)."""
+        if self.taskset.invalid:
+            return True
+        return any(self.states.get(task_id) == State.FAILED or
+                   (self.states.get(task_id, State.PENDING) == State.PENDING and self.blocked_reason(task_id))
+                   for task_id in self.taskset.tasks)
 
     def blocked_reason(self, task_id: str) -> str | None:
         """Why a pending task can never run (unknown, invalid or failed dependency), if so."""
@@ -113,17 +130,19 @@ class QueueView:
 
     def counts(self) -> QueueCounts:
         """Ready / running / waiting totals over the valid tasks (O(n), for idle checks)."""
-        ready = running = waiting = 0
+        ready = running = waiting = backing_off = 0
         for task_id in self.taskset.tasks:
             state = self.states.get(task_id, State.PENDING)
             if state == State.RUNNING:
                 running += 1
             elif state == State.PENDING and self.blocked_reason(task_id) is None:
-                if self.is_ready(task_id):
-                    ready += 1
-                else:
+                if not self._is_runnable(task_id):
                     waiting += 1
-        return QueueCounts(ready=ready, running=running, waiting=waiting)
+                elif self._is_backing_off(task_id):
+                    backing_off += 1
+                else:
+                    ready += 1
+        return QueueCounts(ready=ready, running=running, waiting=waiting, backing_off=backing_off)
 
     def _blocked_by_deps(self, task_id: str, seen: set[str]) -> str | None:
         task = self.taskset.tasks.get(task_id)
@@ -145,3 +164,28 @@ class QueueView:
     def _push_if_ready(self, task_id: str) -> None:
         if self.is_ready(task_id):
             heapq.heappush(self.heap, (self.taskset.tasks[task_id].sort_key(), task_id))
+
+    def _is_runnable(self, task_id: str) -> bool:
+        task = self.taskset.tasks.get(task_id)
+        if task is None or task_id in self.taskset.blocked:
+            return False
+        if self.states.get(task_id, State.PENDING) != State.PENDING:
+            return False
+        return all(self.states.get(dep) == State.DONE for dep in task.depends_on)
+
+    def _is_backing_off(self, task_id: str) -> bool:
+        until = self.retry_at.get(task_id)
+        return until is not None and self.store.now() < until
+
+    def _back_off(self, task_id: str, until: float) -> None:
+        self.retry_at[task_id] = until
+        heapq.heappush(self.backoff, (until, task_id))
+
+    def _release_due(self) -> None:
+        """Tasks whose backoff is over join the ready heap."""
+        now = self.store.now()
+        while self.backoff and self.backoff[0][0] <= now:
+            until, task_id = heapq.heappop(self.backoff)
+            if self.retry_at.get(task_id) == until:
+                del self.retry_at[task_id]
+                self._push_if_ready(task_id)

@@ -35,6 +35,15 @@ class RunContext:
     gateway_url: str | None = None
     gateway_token: str | None = None  # this task's own token, never the fleet token
     on_spawn: Callable[[int], None] | None = None  # told each child pid, so a takeover can kill it
+    deps: dict[str, Path] = field(default_factory=dict)  # each done dependency's output, copied into run_dir/deps
+    feedback_file: Path | None = None  # why the previous attempt failed, on a retried attempt
+
+    @property
+    def deps_dir(self) -> Path:
+        """The folder holding the dependencies' outputs (``{deps_dir}``; empty when there are none)."""
+        folder = self.run_dir / "deps"
+        folder.mkdir(exist_ok=True)
+        return folder
 
     @property
     def timeout_s(self) -> float:
@@ -49,6 +58,7 @@ class RunResult:
     ok: bool
     error: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    infra: bool = False  # failed because the gateway was unreachable, not because of the task
 
 
 class Runner(Protocol):

@@ -1,17 +1,23 @@
 """The ``command`` runner: any agent CLI (``claude -p``, a script) as an argv.
 
-Placeholders ``{prompt}``, ``{prompt_file}``, ``{task_id}``, ``{workdir}`` and
-``{output_file}`` are substituted inside argv elements; the argv runs directly,
-never through a shell, so task text can never become shell syntax.
+Placeholders ``{prompt}``, ``{prompt_file}``, ``{task_id}``, ``{workdir}``,
+``{output_file}``, ``{deps_dir}`` (one file per dependency's output) and
+``{feedback_file}`` (why the previous attempt failed) are substituted inside
+argv elements in one pass; the argv runs directly, never through a shell, so
+task text can never become shell syntax.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 
 from . import RunContext, RunResult, check_acceptance
 from .process import run_process
+
+PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "workdir", "output_file", "deps_dir", "feedback_file")
+PLACEHOLDER = re.compile(r"\{(?:" + "|".join(PLACEHOLDERS) + r")\}")
 
 
 def build_argv(ctx: RunContext) -> list[str]:
@@ -20,14 +26,11 @@ def build_argv(ctx: RunContext) -> list[str]:
     prompt_file = ctx.run_dir / "prompt.md"
     prompt_file.write_text(prompt, encoding="utf-8")
     values = {"{prompt}": prompt, "{prompt_file}": str(prompt_file), "{task_id}": ctx.task.id,
-              "{workdir}": str(ctx.workdir), "{output_file}": str(ctx.run_dir / "output.md")}
-    argv = []
-    for arg in ctx.agent.command:
-        for placeholder, value in values.items():
-            if placeholder in arg:
-                arg = arg.replace(placeholder, value)
-        argv.append(arg)
-    return argv
+              "{workdir}": str(ctx.workdir), "{output_file}": str(ctx.run_dir / "output.md"),
+              "{deps_dir}": str(ctx.deps_dir), "{feedback_file}": str(ctx.feedback_file or "")}
+    # One pass over each template: a placeholder inside a substituted value (a prompt that
+    # says "{workdir}") is text, never substituted again.
+    return [PLACEHOLDER.sub(lambda match: values[match.group(0)], arg) for arg in ctx.agent.command]
 
 
 def build_env(ctx: RunContext) -> dict[str, str]:
@@ -35,7 +38,9 @@ def build_env(ctx: RunContext) -> dict[str, str]:
     env = dict(ctx.env)
     env.update(ctx.agent.env)
     env.update({"COORDINATOR_TASK_ID": ctx.task.id, "COORDINATOR_ATTEMPT": str(ctx.attempt),
-                "COORDINATOR_RUN_DIR": str(ctx.run_dir)})
+                "COORDINATOR_RUN_DIR": str(ctx.run_dir), "COORDINATOR_DEPS_DIR": str(ctx.deps_dir)})
+    if ctx.feedback_file is not None:
+        env["COORDINATOR_FEEDBACK_FILE"] = str(ctx.feedback_file)
     if ctx.gateway_url and ctx.gateway_token:
         env["ANTHROPIC_BASE_URL"] = ctx.gateway_url
         env["OPENAI_BASE_URL"] = ctx.gateway_url + "/v1"

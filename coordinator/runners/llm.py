@@ -5,7 +5,9 @@
   the same bytes are included once however many globs match them).
 * Assemble: the system prompt and shared context come first, as system blocks
   that are byte-identical for every task, so the gateway can cache that prefix
-  once for the whole fleet; then the task's own context and its prompt.
+  once for the whole fleet; then the task's own context, its dependencies'
+  outputs (labelled by task id, each cut at a bound), its prompt, and on a
+  retried attempt why the previous one failed.
 * Infer: one streaming ``/v1/messages`` call through the gateway, with the
   task's token and priority.
 * Stream: text deltas are appended to ``stdout.log`` as they arrive, so
@@ -33,6 +35,7 @@ from . import RunContext, RunResult, check_acceptance
 
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_CONTEXT_BYTES = 2 * 1024 * 1024
+MAX_DEP_OUTPUT_BYTES = 64 * 1024  # what one dependency's output may add to a dependent's prompt
 _READ_CACHE: dict[tuple[str, int, int], tuple[str, str]] = {}
 
 
@@ -70,16 +73,37 @@ def assemble(ctx: RunContext) -> dict[str, Any]:
     if shared:
         system.append({"type": "text", "text": "\n\n".join(shared)})
     content = [{"type": "text", "text": "\n\n".join(own)}] if own else []
+    outputs = dependency_blocks(ctx)
+    if outputs:
+        content.append({"type": "text", "text": outputs})
     content.append({"type": "text", "text": ctx.task.rendered_prompt()})
+    if ctx.feedback_file is not None:
+        content.append({"type": "text", "text": ctx.feedback_file.read_text(encoding="utf-8", errors="replace")})
     return {"model": ctx.task.model or ctx.agent.model, "max_tokens": ctx.agent.max_tokens, "system": system,
             "messages": [{"role": "user", "content": content}], "stream": True}
+
+
+def dependency_blocks(ctx: RunContext) -> str:
+    """Each dependency's output, labelled by task id and cut at MAX_DEP_OUTPUT_BYTES, as one text."""
+    blocks = []
+    for dep, path in ctx.deps.items():
+        data = path.read_bytes()
+        cut = len(data) > MAX_DEP_OUTPUT_BYTES
+        text = data[:MAX_DEP_OUTPUT_BYTES].decode("utf-8", errors="ignore")
+        note = f"\n[output cut at {MAX_DEP_OUTPUT_BYTES} of {len(data)} bytes]" if cut else ""
+        blocks.append(f'<dependency_output task="{dep}">\n{text}{note}\n</dependency_output>')
+    return "\n\n".join(blocks)
+
+
+class GatewayUnreachable(Exception):  # noqa: N818  (internal signal, never leaves this module)
+    """The request never reached the gateway: an infrastructure fault, not the task's."""
 
 
 def run(ctx: RunContext) -> RunResult:
     """All five stages for one attempt."""
     if not ctx.gateway_url or not ctx.gateway_token:
         return RunResult(False, "no gateway is running; start the fleet with `coordinator run` "
-                                "(or `coordinator gateway` beside `coordinator agent`)")
+                                "(or `coordinator gateway` beside `coordinator agent`)", infra=True)
     started = time.monotonic()
     try:
         body = assemble(ctx)
@@ -87,7 +111,10 @@ def run(ctx: RunContext) -> RunResult:
         return RunResult(False, str(exc))
     (ctx.run_dir / "request.json").write_text(json.dumps(body, indent=1), encoding="utf-8")
     with open(ctx.run_dir / "stdout.log", "a", encoding="utf-8") as out:
-        text, usage, error = infer(ctx, body, out)
+        try:
+            text, usage, error = infer(ctx, body, out)
+        except GatewayUnreachable as exc:
+            return RunResult(False, str(exc), infra=True)
     (ctx.run_dir / "output.md").write_text(text, encoding="utf-8")
     (ctx.run_dir / "usage.json").write_text(json.dumps(usage), encoding="utf-8")
     if error:
@@ -106,9 +133,18 @@ def infer(ctx: RunContext, body: dict[str, Any], out: Any) -> tuple[str, dict[st
     try:
         conn.request("POST", "/v1/messages", body=json.dumps(body).encode(), headers=headers)
         response = conn.getresponse()
+    except ConnectionError as exc:  # refused or reset before any answer: the gateway is gone
+        conn.close()
+        raise GatewayUnreachable(f"gateway unreachable at {ctx.gateway_url}: {exc}") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        return "", {}, f"gateway connection failed: {exc}"
+    try:
         if response.status != 200:
             return "", {}, f"gateway answered {response.status}: {_error_message(response.read())}"
         return read_stream(response, out, ctx.should_stop)
+    except (ConnectionError, http.client.IncompleteRead) as exc:  # the gateway died mid-answer
+        raise GatewayUnreachable(f"gateway connection lost: {exc}") from exc
     except (OSError, http.client.HTTPException) as exc:
         return "", {}, f"gateway connection failed: {exc}"
     finally:

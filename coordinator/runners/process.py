@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import USER_UMASK_ENV
 from ..clock import poll
 
 POLL_S = 0.05
@@ -53,6 +54,7 @@ def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdou
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
         try:
             proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                                    umask=int(env.get(USER_UMASK_ENV, "-1"), 8),
                                     stdout=out, stderr=err, start_new_session=True)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             return ProcessResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")

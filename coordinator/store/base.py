@@ -42,6 +42,7 @@ class Claim:
     attempt: int
     child_pid: int | None = None  # the runner's process group, killed if the claim is taken over
     child_started_at: float | None = None
+    generation: int = 0  # the record's retry generation when claimed (budgets start afresh with it)
 
     def to_json(self) -> dict[str, Any]:
         """The claim as stored."""

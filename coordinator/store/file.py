@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from ..atomic import read_json, write_json_atomic
+from ..atomic import PRIVATE_DIR, PRIVATE_FILE, read_json, write_json_atomic
+from ..errors import StateError
 from ..clock import REAL_CLOCK, Clock
 from .base import Claim, Record, claim_from, record_from
 from .locked import LockedStore
@@ -26,6 +28,15 @@ from .locked import LockedStore
 # How often a waiter re-tries queue.lock. The critical sections are well under a
 # millisecond, so the default 50 ms poll would dominate claim latency.
 LOCK_POLL_S = 0.0005
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OS failure to write ``path`` (disk full, read-only) into a one-line ``StateError``."""
+    try:
+        yield
+    except OSError as exc:
+        raise StateError(path, exc) from exc
 
 
 class FileStore(LockedStore):
@@ -39,15 +50,18 @@ class FileStore(LockedStore):
         self.agents_dir = state_dir / "agents"
         self.events_path = state_dir / "events.jsonl"
         self.paused_path = state_dir / "paused"
-        for folder in (self.claims_dir, self.records_dir, self.agents_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        self._file_lock = FileLock(state_dir / "queue.lock", poll_interval=LOCK_POLL_S)
+        for folder in (state_dir, self.claims_dir, self.records_dir, self.agents_dir):
+            with writing(folder):
+                folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        self._file_lock = FileLock(state_dir / "queue.lock", poll_interval=LOCK_POLL_S, mode=PRIVATE_FILE)
 
     def _lock(self) -> FileLock:
         return self._file_lock
 
     def _put_claim(self, claim: Claim) -> None:
-        write_json_atomic(self.claims_dir / f"{claim.task}.json", claim.to_json())
+        path = self.claims_dir / f"{claim.task}.json"
+        with writing(path):
+            write_json_atomic(path, claim.to_json(), mode=PRIVATE_FILE)
 
     def _drop_claim(self, task_id: str) -> None:
         try:
@@ -56,22 +70,26 @@ class FileStore(LockedStore):
             pass
 
     def _put_record(self, record: Record) -> None:
-        write_json_atomic(self.records_dir / f"{record.id}.json", record.to_json())
+        path = self.records_dir / f"{record.id}.json"
+        with writing(path):
+            write_json_atomic(path, record.to_json(), mode=PRIVATE_FILE)
 
     def _put_event(self, event: dict[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":"), default=str) + "\n"
         # One write() on an O_APPEND descriptor: concurrent appenders never interleave.
-        fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
+        with writing(self.events_path):
+            fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
 
     def _put_paused(self, paused: bool) -> None:
-        if paused:
-            self.paused_path.touch()
-        else:
-            self.paused_path.unlink(missing_ok=True)
+        with writing(self.paused_path):
+            if paused:
+                self.paused_path.touch(mode=PRIVATE_FILE)
+            else:
+                self.paused_path.unlink(missing_ok=True)
 
     def is_paused(self) -> bool:
         return self.paused_path.exists()
@@ -118,7 +136,9 @@ class FileStore(LockedStore):
             return 0
 
     def write_agent(self, agent_id: str, status: dict[str, Any]) -> None:
-        write_json_atomic(self.agents_dir / f"{agent_id}.json", status)
+        path = self.agents_dir / f"{agent_id}.json"
+        with writing(path):
+            write_json_atomic(path, status, mode=PRIVATE_FILE)
 
     def read_agent(self, agent_id: str) -> dict[str, Any] | None:
         data = read_json(self.agents_dir / f"{agent_id}.json")

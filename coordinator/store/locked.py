@@ -80,7 +80,7 @@ class LockedStore(Store):
             epoch = max(record.epoch, existing.epoch if existing else 0) + 1
             claim = Claim(task=task_id, agent=holder.agent, pid=holder.pid, pid_started_at=holder.pid_started_at,
                           host=holder.host, claimed_at=now, renewed_at=now, lease_s=lease_s, epoch=epoch,
-                          attempt=record.attempts + 1)
+                          attempt=record.attempts + 1, generation=record.generation)
             self._put_claim(claim)
             record.state = transition("claim", task_id, record.state, State.RUNNING)
             record.epoch, record.agent, record.claimed_at = epoch, holder.agent, now

@@ -137,6 +137,8 @@ class Task(BaseModel):
     max_tokens_budget: float | None = Field(None, gt=0, description="token budget enforced by the gateway")
     max_usd: float | None = Field(None, gt=0, description="USD budget enforced by the gateway")
     labels: list[str] = Field(default_factory=list, description="free-form labels")
+    use_dependency_outputs: bool = Field(True, description="give this task its dependencies' outputs "
+                                                           "(inlined by the llm runner; {deps_dir} for commands)")
     vars: dict[str, Scalar] = Field(default_factory=dict, description="values for {name} placeholders in the prompt")
     # Set by the loader, never by a file; excluded from dumps so a task's hash is its definition.
     source: SkipJsonSchema[str] = Field("", exclude=True)
