@@ -28,6 +28,7 @@ from ..queue.claims import ClaimBook
 from ..provider_keys import without_secrets
 from ..store import open_store
 from ..tasks.cache import load_cached
+from .keeper import GatewayKeeper, hold_fleet
 
 TICK_S = 0.5
 STAGGER_S = 0.3
@@ -225,27 +226,27 @@ class Display(AbstractContextManager, Protocol):
 def run_fleet(config: FleetConfig, options: FleetOptions, make_display: Callable[[], Display]) -> int:
     """``coordinator run``: gateway + supervisor + display; returns the exit code."""
     private_umask()  # state, logs and the gateway's files are the user's alone
+    lock = hold_fleet(config)
     supervisor = Supervisor(config, options)
+    keeper = GatewayKeeper(config, options.env, supervisor.store.append_event)
     previous = {sig: signal.signal(sig, lambda signum, frame: supervisor.request_stop(signal.Signals(signum).name))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    gateway = None
+    started = False
     try:
         supervisor.start()  # before the heavy imports below: the first agent boots while they run
-        from ..gateway.server import start_in_thread, tune_gc  # noqa: PLC0415
-
         display = make_display()
-        supervisor.on_tick = lambda s: display.update()
-        tune_gc()  # this process serves every agent's inference: measured ~15-20% less CPU per request
-        gateway = start_in_thread(config, options.env)
+        supervisor.on_tick = lambda s: (keeper.ensure(), display.update())
+        keeper.ensure(force=True)
+        started = True
         with display:
             supervisor.run()
     finally:
-        if gateway is None:
+        if not started:
             supervisor.shutdown()  # the gateway failed to start: take the agents down with us
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if gateway is not None:
-            gateway.stop()
+        keeper.stop()
+        lock.release()
     status = display.finish()
     if supervisor.stopping is not None:
         return EXIT_SIGNALS.get(supervisor.stopping, 1)
