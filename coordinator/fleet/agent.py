@@ -15,13 +15,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..atomic import USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import FleetConfig
-from ..errors import ClaimLostError, CoordinatorError
+from ..errors import ClaimLostError, CoordinatorError, StateError
 from ..gateway.client import GatewayInfo, read_gateway
 from ..paths import confine
 from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
@@ -30,9 +30,14 @@ from ..runners import RunContext, RunResult, get_runner
 from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
+from .notes import Notes
 from .workspace import dependency_outputs, run_dir, write_feedback
 
+T = TypeVar("T")
 IDLE_POLL_S = 0.2
+# A state write that failed (disk full, read-only) is tried again this often, doubling to the cap.
+STATE_RETRY_S = 0.5
+STATE_RETRY_MAX_S = 10.0
 REAP_EVERY_S = 1.0
 # The runner's pid goes into the claim at the first heartbeat, this soon after it starts:
 # late enough that short tasks never pay for the extra write, early enough that a
@@ -78,6 +83,7 @@ class Agent:
         self.run_ms = 0.0
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
+        self.notes = Notes(self.store, agent_id)
 
     # -- the loop -------------------------------------------------------------
 
@@ -85,12 +91,16 @@ class Agent:
         """Work until stopped (or, with ``until_empty``, until nothing is left)."""
         self._install_signals()
         self._full_resync()
-        self.store.append_event("agent_started", agent=self.agent_id, pid=self.holder.pid)
+        self.notes.event("agent_started", agent=self.agent_id, pid=self.holder.pid)
         self.publish("idle")
         for _ in poll(IDLE_POLL_S, wake=self.wake):
             if self.is_stopping():
                 break
-            picked = self.claim_next()
+            try:
+                picked = self.claim_next()
+            except StateError as exc:  # disk full, read-only: wait and try again, never crash
+                self.notes.warn(f"{exc}; claiming again once it can be written")
+                continue
             if picked is None:
                 if self.until_empty and self._is_queue_drained():
                     break
@@ -100,7 +110,7 @@ class Agent:
             self.work(*picked)
             self.wake.set()  # claim the next task at once
         self.publish("stopped")
-        self.store.append_event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
+        self.notes.event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
         return 1 if self.until_empty and self.view.has_failed_work() else 0
 
     def claim_next(self) -> tuple[Task, Claim] | None:
@@ -186,12 +196,13 @@ class Agent:
                 self._await_gateway()
                 return
             started = time.perf_counter()
-            record = self.book.finish(claim, ok=result.ok, error=result.error, usage=result.usage,
-                                      max_attempts=task.max_attempts,
-                                      backoff_s=retry_backoff_s(self.config.fleet, claim.attempt),
-                                      extra={"file_hash": task_hash(task),
-                                             "claim_ms": round(self.claim_ms, 3),
-                                             "run_ms": round(self.run_ms, 3)})
+            record = self._persist(lambda: self.book.finish(
+                claim, ok=result.ok, error=result.error, usage=result.usage, max_attempts=task.max_attempts,
+                backoff_s=retry_backoff_s(self.config.fleet, claim.attempt),
+                extra={"file_hash": task_hash(task), "claim_ms": round(self.claim_ms, 3),
+                       "run_ms": round(self.run_ms, 3)}))
+            if record is None:
+                return  # stopped before the disk let us write; the claim's holder is gone, so it is reclaimed
             self.counts["done" if record.state == State.DONE else "failed"] += 1
             # The coordinator's own cost per task, published for `status` and scripts/bench_queue.py.
             self.overhead["tasks"] += 1
@@ -213,6 +224,9 @@ class Agent:
             except ClaimLostError as exc:
                 self.lost = exc.args[0]
                 return
+            except StateError as exc:  # the lease is not renewed; the run goes on, and fencing decides
+                self.notes.warn(f"{exc}; the lease on {claim.task} could not be renewed")
+                continue
             self.publish("running")
 
     def _await_gateway(self) -> None:
@@ -223,6 +237,21 @@ class Agent:
             gateway = read_gateway(self.config)
             if (gateway is not None and gateway.is_healthy()) or self._should_stop():
                 return
+
+    def _persist(self, write: Callable[[], T]) -> T | None:
+        """Write a finished run's outcome, retrying with backoff while the state dir cannot be written.
+
+        A run that finished must never run again because its record could not be
+        written: the write is retried until it succeeds, or until this agent is stopped.
+        """
+        for _ in poll(STATE_RETRY_S, growth=2.0, max_step_s=STATE_RETRY_MAX_S):
+            try:
+                return write()
+            except StateError as exc:
+                self.notes.warn(f"{exc}; the finished run's record is written as soon as it can be")
+            if self.stop_now:
+                return None
+        return None
 
     def _should_stop(self) -> str | None:
         if self.lost:
@@ -278,7 +307,10 @@ class Agent:
             "task_started_at": current[1].claimed_at if current else None, "heartbeat_at": time.time(),
             "started_at": self.started_at, **self.counts,
             "overhead": {k: round(v, 3) for k, v in self.overhead.items()}}
-        self.store.write_agent(self.agent_id, status)
+        try:
+            self.store.write_agent(self.agent_id, status)
+        except StateError as exc:
+            self.notes.warn(f"{exc}; status shows this agent's last heartbeat until then")
         self._published_at = time.monotonic()
 
     def _install_signals(self) -> None:

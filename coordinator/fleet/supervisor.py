@@ -24,10 +24,12 @@ from typing import Any, Protocol
 from ..atomic import private_umask
 from ..clock import poll
 from ..config import FleetConfig
+from ..errors import StateError
 from ..queue.claims import ClaimBook
 from ..provider_keys import without_secrets
 from ..store import open_store
 from ..tasks.cache import load_cached
+from .notes import Notes
 from .keeper import GatewayKeeper, hold_fleet
 
 TICK_S = 0.5
@@ -70,6 +72,7 @@ class Supervisor:
         self.on_tick = on_tick
         self.stopping: str | None = None
         self.started_at = time.monotonic()
+        self.notes = Notes(self.store, "coordinator run")
         self.logs_dir = config.state_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -91,7 +94,7 @@ class Supervisor:
                                          env=self.agent_env(), start_new_session=True)
         finally:
             log.close()
-        self.store.append_event("agent_spawned", agent=slot.agent_id, pid=slot.proc.pid, restarts=slot.restarts)
+        self.notes.event("agent_spawned", agent=slot.agent_id, pid=slot.proc.pid, restarts=slot.restarts)
 
     def start(self) -> None:
         """Spawn the first agent now and the others a moment later.
@@ -122,11 +125,14 @@ class Supervisor:
         """One supervision pass: restart crashed agents, reap stale claims, report."""
         now = time.monotonic()
         if self.book.pulse():
-            self.store.append_event("fleet_paused", reason="the supervisor itself was stopped; every holder "
+            self.notes.event("fleet_paused", reason="the supervisor itself was stopped; every holder "
                                                            "gets one lease to renew")
         for slot in self.agents:
             self._check(slot, now)
-        self.book.reap_stale(self._max_attempts)
+        try:
+            self.book.reap_stale(self._max_attempts)
+        except StateError as exc:  # disk full, read-only: the next tick tries again
+            self.notes.warn(str(exc))
         self.on_tick(self)
 
     def _check(self, slot: AgentProc, now: float) -> None:
@@ -142,7 +148,7 @@ class Supervisor:
             slot.finished = True  # nothing left for it (exit 1: some of the work failed, which is no crash)
             return
         delay = RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)]
-        self.store.append_event("agent_exited", agent=slot.agent_id, pid=slot.proc.pid, code=code,
+        self.notes.event("agent_exited", agent=slot.agent_id, pid=slot.proc.pid, code=code,
                                 restart_in_s=delay)
         slot.restarts += 1
         slot.proc, slot.next_start_at = None, now + delay
@@ -161,7 +167,7 @@ class Supervisor:
             return  # not published yet (still booting)
         age_s = self.store.now() - float(status.get("heartbeat_at", 0.0))
         if age_s > self.config.fleet.lease_s + self.config.fleet.heartbeat_s:
-            self.store.append_event("agent_hung", agent=slot.agent_id, pid=slot.proc.pid,
+            self.notes.event("agent_hung", agent=slot.agent_id, pid=slot.proc.pid,
                                     heartbeat_age_s=round(age_s, 1))
             slot.proc.kill()  # its claim is then stale by pid and reaped on this very tick
 
@@ -228,7 +234,7 @@ def run_fleet(config: FleetConfig, options: FleetOptions, make_display: Callable
     private_umask()  # state, logs and the gateway's files are the user's alone
     lock = hold_fleet(config)
     supervisor = Supervisor(config, options)
-    keeper = GatewayKeeper(config, options.env, supervisor.store.append_event)
+    keeper = GatewayKeeper(config, options.env, supervisor.notes.event)
     previous = {sig: signal.signal(sig, lambda signum, frame: supervisor.request_stop(signal.Signals(signum).name))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     started = False
