@@ -14,7 +14,9 @@ from pathlib import Path, PurePosixPath
 
 from .errors import ConfigError
 
-__all__ = ["confine", "expand_globs"]
+__all__ = ["confine", "expand_globs", "open_workdir"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def confine(root: Path, rel: str | Path, *, what: str) -> Path:
@@ -76,3 +78,29 @@ def _check_pattern(pattern: str, what: str) -> None:
         if depth < 0:
             raise ConfigError(f"pattern {pattern!r} climbs out of the fleet root with '..'; "
                               "use a path inside it", key=what)
+
+
+def open_workdir(root: Path, rel: str | Path, *, what: str = "workdir") -> int:
+    """An open descriptor of the folder ``rel`` under ``root``, reached without following any symlink.
+
+    Each component is opened relative to the one before (``O_NOFOLLOW |
+    O_DIRECTORY``), starting from the root, so a folder swapped for a symlink
+    between the check and the use cannot send a command outside the fleet root:
+    the process enters the folder by this descriptor, not by its name. The caller
+    closes it.
+    """
+    parts = [part for part in PurePosixPath(str(rel).replace(os.sep, "/")).parts if part not in ("", ".")]
+    if PurePosixPath(str(rel)).is_absolute() or ".." in parts:
+        raise ConfigError(f"{str(rel)!r} must be a relative path inside the fleet root, without '..'", key=what)
+    fd = os.open(Path(root).resolve(), _DIR_FLAGS)
+    try:
+        for part in parts:
+            next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except OSError as exc:
+        os.close(fd)
+        reason = "is a symlink or not a folder" if exc.errno in (40, 20) else (exc.strerror or str(exc))
+        raise ConfigError(f"{str(rel)!r}: a part of it {reason}; use a real folder inside the fleet root",
+                          key=what) from exc
+    return fd

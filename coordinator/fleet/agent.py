@@ -16,14 +16,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..atomic import USER_UMASK_ENV, private_umask
 from ..clock import poll
-from ..config import FleetConfig
+from ..config import AgentConfig, FleetConfig
 from ..errors import ClaimLostError, CoordinatorError, StateError
 from ..gateway.client import GatewayInfo, read_gateway
-from ..paths import confine
+from ..paths import confine, open_workdir
 from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
 from ..queue.view import QueueView
 from ..runners import RunContext, RunResult, get_runner
@@ -155,23 +156,37 @@ class Agent:
         try:
             agent = self.config.agent_named(agent_name)
             workdir = confine(self.config.root, task.workdir or ".", what="workdir")
+            workdir_fd = open_workdir(self.config.root, task.workdir or ".")
         except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
             return RunResult(False, str(exc))
+        try:
+            ctx = self._context(task, claim, agent_name, agent, workdir, workdir_fd)
+            result = get_runner(agent.kind)(ctx)
+        finally:
+            os.close(workdir_fd)
+        if ctx.gateway_token is not None:
+            result.usage = self._usage(task) or result.usage
+        return result
+
+    def _context(self, task: Task, claim: Claim, agent_name: str, agent: AgentConfig, workdir: Path,
+                 workdir_fd: int) -> RunContext:
+        """Everything the runner needs: run folder, gateway token, dependencies' outputs, feedback."""
         gateway = self._gateway()
         run = run_dir(self.config, task.id, claim.epoch)
         previous = self.store.read_record(task.id) if claim.attempt > 1 else None
         token = gateway.task_token(task, self.agent_id, attempt=claim.attempt,
                                    generation=claim.generation) if gateway else None
-        ctx = RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
-                         config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
-                         env=self.env, should_stop=self._should_stop, on_spawn=self._on_spawn,
-                         gateway_url=gateway.url if gateway else None, gateway_token=token,
-                         deps=dependency_outputs(self.config, self.store, task, run),
-                         feedback_file=write_feedback(self.config, previous, run))
-        result = get_runner(agent.kind)(ctx)
-        if gateway is not None:
-            result.usage = gateway.task_usage(task.id) or result.usage
-        return result
+        return RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
+                          config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
+                          workdir_fd=workdir_fd, env=self.env, should_stop=self._should_stop,
+                          on_spawn=self._on_spawn, gateway_url=gateway.url if gateway else None,
+                          gateway_token=token, deps=dependency_outputs(self.config, self.store, task, run),
+                          feedback_file=write_feedback(self.config, previous, run))
+
+    def _usage(self, task: Task) -> dict[str, Any] | None:
+        """The gateway's accounting for the task, if a gateway still answers."""
+        gateway = read_gateway(self.config)
+        return gateway.task_usage(task.id) if gateway is not None else None
 
     def _gateway(self) -> GatewayInfo | None:
         """The running gateway; a supervised agent waits for its fleet's to come up."""

@@ -35,8 +35,14 @@ class RunContext:
     gateway_url: str | None = None
     gateway_token: str | None = None  # this task's own token, never the fleet token
     on_spawn: Callable[[int], None] | None = None  # told each child pid, so a takeover can kill it
+    workdir_fd: int | None = None  # the workdir opened without following symlinks; children enter by it
     deps: dict[str, Path] = field(default_factory=dict)  # each done dependency's output, copied into run_dir/deps
     feedback_file: Path | None = None  # why the previous attempt failed, on a retried attempt
+
+    @property
+    def cwd(self) -> Path | int:
+        """Where children run: the workdir's descriptor when there is one, else its path."""
+        return self.workdir_fd if self.workdir_fd is not None else self.workdir
 
     @property
     def deps_dir(self) -> Path:
@@ -78,7 +84,7 @@ def check_acceptance(ctx: RunContext, remaining_s: float) -> str | None:
     if not ctx.task.acceptance:
         return None
     log = ctx.run_dir / "acceptance.log"
-    result = run_process(ctx.task.acceptance, cwd=ctx.workdir, env=ctx.env, stdout=log, stderr=log,
+    result = run_process(ctx.task.acceptance, cwd=ctx.cwd, env=ctx.env, stdout=log, stderr=log,
                          timeout_s=max(remaining_s, 1.0), should_stop=ctx.should_stop, on_spawn=ctx.on_spawn)
     if result.ok:
         return None

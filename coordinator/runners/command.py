@@ -54,7 +54,7 @@ def run(ctx: RunContext) -> RunResult:
     started = time.monotonic()
     stdout, stderr = ctx.run_dir / "stdout.log", ctx.run_dir / "stderr.log"
     env = build_env(ctx)
-    result = run_process(build_argv(ctx), cwd=ctx.workdir, env=env, stdout=stdout, stderr=stderr,
+    result = run_process(build_argv(ctx), cwd=ctx.cwd, env=env, stdout=stdout, stderr=stderr,
                          timeout_s=ctx.timeout_s, should_stop=ctx.should_stop, on_spawn=ctx.on_spawn)
     output = ctx.run_dir / "output.md"
     if not output.exists() and stdout.exists():

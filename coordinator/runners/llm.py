@@ -25,6 +25,7 @@ import http.client
 import json
 import time
 import urllib.parse
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +37,59 @@ from . import RunContext, RunResult, check_acceptance
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_CONTEXT_BYTES = 2 * 1024 * 1024
 MAX_DEP_OUTPUT_BYTES = 64 * 1024  # what one dependency's output may add to a dependent's prompt
-_READ_CACHE: dict[tuple[str, int, int], tuple[str, str]] = {}
+READ_CACHE_MAX_BYTES = 8 * 1024 * 1024  # files kept between tasks (shared context is read once per agent)
+_READ_CACHE: OrderedDict[tuple[str, int, int], tuple[str, str]] = OrderedDict()
+_cached_bytes = 0
 
 
-def read_addressed(path: Path) -> tuple[str, str]:
-    """(sha256, text) of a file, cached by (path, mtime, size)."""
+def read_addressed(path: Path, limit: int) -> tuple[str, str]:
+    """(sha256, text) of a file of at most ``limit`` bytes, cached by (path, mtime, size).
+
+    The size is checked before reading, and no more than ``limit`` + 1 bytes are
+    ever read, so a huge context file costs a stat, not the agent's memory.
+    """
     stat = path.stat()
+    if stat.st_size > limit:
+        raise ValueError(_too_big(path, stat.st_size))
     key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _READ_CACHE:
-        data = path.read_bytes()
-        _READ_CACHE[key] = (hashlib.sha256(data).hexdigest(), data.decode("utf-8", errors="replace"))
-    return _READ_CACHE[key]
+    if key in _READ_CACHE:
+        _READ_CACHE.move_to_end(key)
+        return _READ_CACHE[key]
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew since the stat
+        raise ValueError(_too_big(path, len(data)))
+    entry = (hashlib.sha256(data).hexdigest(), data.decode("utf-8", errors="replace"))
+    _remember(key, entry, len(data))
+    return entry
 
 
-def gather(root: Path, globs: list[str], seen: set[str], *, what: str) -> list[str]:
-    """Context documents for ``globs``, skipping content already included."""
+def _remember(key: tuple[str, int, int], entry: tuple[str, str], size: int) -> None:
+    """Keep a read file for the next task, within READ_CACHE_MAX_BYTES (least recently used goes)."""
+    global _cached_bytes  # noqa: PLW0603  (the cache is per process, like the files it holds)
+    if size > READ_CACHE_MAX_BYTES:
+        return
+    _READ_CACHE[key] = entry
+    _cached_bytes += size
+    while _cached_bytes > READ_CACHE_MAX_BYTES:
+        (_, _, old_size), _ = _READ_CACHE.popitem(last=False)
+        _cached_bytes -= old_size
+
+
+def _too_big(path: Path, size: int) -> str:
+    return (f"context file {path} is {size} bytes; a prompt's context is limited to {MAX_CONTEXT_BYTES} bytes "
+            "in all; narrow the globs")
+
+
+def gather(root: Path, globs: list[str], seen: set[str], left: list[int], *, what: str) -> list[str]:
+    """Context documents for ``globs``, skipping content already included; ``left[0]`` bytes may be read."""
     docs = []
     for path in expand_globs(root, globs, what=what):
-        digest, text = read_addressed(path)
+        digest, text = read_addressed(path, left[0])
         if digest in seen:
             continue
         seen.add(digest)
+        left[0] -= len(text.encode("utf-8", errors="replace"))
         docs.append(f'<file path="{path.relative_to(root).as_posix()}">\n{text}\n</file>')
     return docs
 
@@ -64,11 +97,9 @@ def gather(root: Path, globs: list[str], seen: set[str], *, what: str) -> list[s
 def assemble(ctx: RunContext) -> dict[str, Any]:
     """The Messages API body: shared prefix first, then task context and prompt."""
     seen: set[str] = set()
-    shared = gather(ctx.config.root, ctx.agent.shared_context, seen, what="shared_context")
-    own = gather(ctx.config.root, ctx.task.context, seen, what="context")
-    size = sum(len(d) for d in shared + own)
-    if size > MAX_CONTEXT_BYTES:
-        raise ValueError(f"context is {size} bytes, over the {MAX_CONTEXT_BYTES} limit; narrow the globs")
+    left = [MAX_CONTEXT_BYTES]
+    shared = gather(ctx.config.root, ctx.agent.shared_context, seen, left, what="shared_context")
+    own = gather(ctx.config.root, ctx.task.context, seen, left, what="context")
     system = [{"type": "text", "text": ctx.agent.system}]
     if shared:
         system.append({"type": "text", "text": "\n\n".join(shared)})

@@ -47,13 +47,20 @@ class ProcessResult:
         return f"exited with code {self.returncode}"
 
 
-def run_process(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path,
+def run_process(argv: Sequence[str], *, cwd: Path | int, env: Mapping[str, str], stdout: Path, stderr: Path,
                 timeout_s: float, should_stop: Callable[[], str | None] = lambda: None,
                 on_spawn: Callable[[int], None] | None = None) -> ProcessResult:
-    """Run ``argv`` to completion, a timeout, or until ``should_stop`` returns a reason."""
+    """Run ``argv`` to completion, a timeout, or until ``should_stop`` returns a reason.
+
+    ``cwd`` may be an open folder descriptor: the child then enters that very folder
+    (``/proc/self/fd/N`` inside the child), whatever its name points at by now.
+    """
+    fds: tuple[int, ...] = ()
+    if isinstance(cwd, int):
+        cwd, fds = f"/proc/self/fd/{cwd}", (cwd,)
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
         try:
-            proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(list(argv), cwd=cwd, pass_fds=fds, env=dict(env), stdin=subprocess.DEVNULL,
                                     umask=int(env.get(USER_UMASK_ENV, "-1"), 8),
                                     stdout=out, stderr=err, start_new_session=True)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
