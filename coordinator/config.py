@@ -112,6 +112,7 @@ class AgentConfig(_Strict):
     command: list[str] = []
     env: dict[str, str] = {}
     timeout_s: float = Field(600.0, gt=0)
+    sandbox: Literal["none", "bwrap"] = "none"  # command agents: run under bubblewrap (runners/sandbox.py)
 
     @field_validator("command")
     @classmethod

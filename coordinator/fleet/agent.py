@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ..atomic import USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import AgentConfig, FleetConfig
-from ..errors import ClaimLostError, CoordinatorError, StateError
+from ..errors import ClaimLostError, ConfigError, CoordinatorError, StateError
 from ..gateway.client import GatewayInfo, read_gateway
 from ..paths import confine, open_workdir
 from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
@@ -156,6 +156,9 @@ class Agent:
         try:
             agent = self.config.agent_named(agent_name)
             workdir = confine(self.config.root, task.workdir or ".", what="workdir")
+            if workdir.is_relative_to(self.config.state_dir.resolve()):
+                raise ConfigError(f"{task.workdir!r} is inside the state folder; use a folder of your own",
+                                  key="workdir")
             workdir_fd = open_workdir(self.config.root, task.workdir or ".")
         except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
             return RunResult(False, str(exc))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import AgentConfig, FleetConfig
+from ..errors import ConfigError
 from ..tasks import Task
 from .process import run_process
 
@@ -38,6 +39,15 @@ class RunContext:
     workdir_fd: int | None = None  # the workdir opened without following symlinks; children enter by it
     deps: dict[str, Path] = field(default_factory=dict)  # each done dependency's output, copied into run_dir/deps
     feedback_file: Path | None = None  # why the previous attempt failed, on a retried attempt
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` as the agent runs it: inside its sandbox when it has one (``ConfigError`` if unusable)."""
+        if self.agent.sandbox == "none":
+            return argv
+        from .sandbox import sandboxed  # noqa: PLC0415
+
+        return sandboxed(argv, agent_name=self.agent_name, state_dir=self.config.state_dir, run_dir=self.run_dir,
+                         workdir=self.workdir, workdir_fd=self.workdir_fd)
 
     @property
     def cwd(self) -> Path | int:
@@ -84,7 +94,11 @@ def check_acceptance(ctx: RunContext, remaining_s: float) -> str | None:
     if not ctx.task.acceptance:
         return None
     log = ctx.run_dir / "acceptance.log"
-    result = run_process(ctx.task.acceptance, cwd=ctx.cwd, env=ctx.env, stdout=log, stderr=log,
+    try:
+        argv = ctx.wrap(list(ctx.task.acceptance))
+    except ConfigError as exc:
+        return str(exc)
+    result = run_process(argv, cwd=ctx.cwd, env=ctx.env, stdout=log, stderr=log,
                          timeout_s=max(remaining_s, 1.0), should_stop=ctx.should_stop, on_spawn=ctx.on_spawn)
     if result.ok:
         return None

@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 
+from ..errors import ConfigError
 from . import RunContext, RunResult, check_acceptance
 from .process import run_process
 
@@ -54,7 +55,11 @@ def run(ctx: RunContext) -> RunResult:
     started = time.monotonic()
     stdout, stderr = ctx.run_dir / "stdout.log", ctx.run_dir / "stderr.log"
     env = build_env(ctx)
-    result = run_process(build_argv(ctx), cwd=ctx.cwd, env=env, stdout=stdout, stderr=stderr,
+    try:
+        argv = ctx.wrap(build_argv(ctx))
+    except ConfigError as exc:
+        return RunResult(False, str(exc))
+    result = run_process(argv, cwd=ctx.cwd, env=env, stdout=stdout, stderr=stderr,
                          timeout_s=ctx.timeout_s, should_stop=ctx.should_stop, on_spawn=ctx.on_spawn)
     output = ctx.run_dir / "output.md"
     if not output.exists() and stdout.exists():
