@@ -32,7 +32,7 @@ from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
 from .notes import Notes
-from .workspace import dependency_outputs, run_dir, write_feedback
+from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
 
 T = TypeVar("T")
 IDLE_POLL_S = 0.2
@@ -183,7 +183,8 @@ class Agent:
                           config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
                           workdir_fd=workdir_fd, env=self.env, should_stop=self._should_stop,
                           on_spawn=self._on_spawn, gateway_url=gateway.url if gateway else None,
-                          gateway_token=token, deps=dependency_outputs(self.config, self.store, task, run),
+                          gateway_token=token, prompt_file=write_prompt(task, run),
+                          deps=dependency_outputs(self.config, self.store, task, run),
                           feedback_file=write_feedback(self.config, previous, run))
 
     def _usage(self, task: Task) -> dict[str, Any] | None:

@@ -39,6 +39,13 @@ def run_dirs(config: FleetConfig, task_id: str) -> list[Path]:
     return sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
+def write_prompt(task: Task, run: Path) -> Path:
+    """``<run>/prompt.md``: the prompt this run used, kept even if the task file is edited later."""
+    path = run / "prompt.md"
+    path.write_text(task.rendered_prompt(), encoding="utf-8")
+    return path
+
+
 def dependency_outputs(config: FleetConfig, store: Store, task: Task, run: Path) -> dict[str, Path]:
     """Copy each done dependency's ``output.md`` into ``<run>/deps/<id>.md``; {id: copy}.
 

@@ -36,6 +36,7 @@ class RunContext:
     gateway_url: str | None = None
     gateway_token: str | None = None  # this task's own token, never the fleet token
     on_spawn: Callable[[int], None] | None = None  # told each child pid, so a takeover can kill it
+    prompt_file: Path | None = None  # the rendered prompt, as this run used it (run_dir/prompt.md)
     workdir_fd: int | None = None  # the workdir opened without following symlinks; children enter by it
     deps: dict[str, Path] = field(default_factory=dict)  # each done dependency's output, copied into run_dir/deps
     feedback_file: Path | None = None  # why the previous attempt failed, on a retried attempt

@@ -24,8 +24,9 @@ PLACEHOLDER = re.compile(r"\{(?:" + "|".join(PLACEHOLDERS) + r")\}")
 def build_argv(ctx: RunContext) -> list[str]:
     """The agent's command with this task's placeholders filled in."""
     prompt = ctx.task.rendered_prompt()
-    prompt_file = ctx.run_dir / "prompt.md"
-    prompt_file.write_text(prompt, encoding="utf-8")
+    prompt_file = ctx.prompt_file or ctx.run_dir / "prompt.md"
+    if ctx.prompt_file is None:
+        prompt_file.write_text(prompt, encoding="utf-8")
     values = {"{prompt}": prompt, "{prompt_file}": str(prompt_file), "{task_id}": ctx.task.id,
               "{workdir}": str(ctx.workdir), "{output_file}": str(ctx.run_dir / "output.md"),
               "{deps_dir}": str(ctx.deps_dir), "{feedback_file}": str(ctx.feedback_file or "")}
