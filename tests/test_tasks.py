@@ -339,3 +339,21 @@ def test_json_schema_shape() -> None:
     assert not validator.is_valid({"prompt": "   "})
     assert not validator.is_valid({"prompt": "x", "acceptance": []})
     assert '"null"' not in json.dumps(schema)  # TOML has no null: optional keys are just absent
+
+
+def test_symlinks_in_the_tasks_folder_that_lead_outside_the_root_are_invalid_and_never_read(make_fleet, tmp_path) -> None:
+    """`tasks/rootlink -> /` once loaded every TOML file on the machine; now such links are reported, not followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "stranger.toml").write_text('prompt = "from outside"\n')
+    root = make_fleet(tasks={"own.toml": 'prompt = "mine"\n'})
+    (root / "tasks" / "rootlink").symlink_to(outside)
+    (root / "tasks" / "filelink.toml").symlink_to(outside / "stranger.toml")
+    (root / "shared").mkdir()
+    (root / "shared" / "inside.toml").write_text('prompt = "inside"\n')
+    (root / "tasks" / "insidelink").symlink_to(root / "shared")
+    taskset = load_tasks(load_config(root))
+    assert sorted(taskset.tasks) == ["inside", "own"], "a link inside the root is still followed"
+    problems = {bad.path: bad.error for bad in taskset.invalid}
+    assert set(problems) == {"tasks/rootlink", "tasks/filelink.toml"}
+    assert all("leads outside the fleet root" in error for error in problems.values())

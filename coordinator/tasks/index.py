@@ -54,7 +54,7 @@ class TaskIndex:
     def refresh(self) -> TaskSet:
         """The current TaskSet; re-parses only new or changed files (shared object: do not mutate)."""
         with no_gc():
-            found = scan_folder(self.tasks_dir, self.prefix)
+            found = scan_folder(self.tasks_dir, self.prefix, self.parser.root)
             changed = self._taskset is None or found.keys() != self._files.keys()
             now = time.time_ns()
             files: dict[str, _Cached] = {}
@@ -119,11 +119,13 @@ def load_paths(config: FleetConfig, paths: list[Path]) -> TaskSet:
         return build_taskset(results, parser.locate)
 
 
-def scan_folder(top: Path, prefix: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+def scan_folder(top: Path, prefix: str, root: Path | None = None) -> dict[str, tuple[str, tuple[Any, ...]]]:
     """``{source: (path, key)}`` for every ``*.toml`` under ``top``, hidden names skipped.
 
     ``key`` is (mtime_ns, size, inode) for a regular file, else a one-word problem
-    tuple. Folder symlinks are followed once each (loops are cut by inode).
+    tuple. Folder symlinks are followed once each (loops are cut by inode). Given
+    the fleet ``root``, a symlink (file or folder) that leads outside it is
+    reported as ``("outside",)`` and never read or descended into.
     """
     found: dict[str, tuple[str, tuple[Any, ...]]] = {}
     try:
@@ -143,6 +145,10 @@ def scan_folder(top: Path, prefix: str) -> dict[str, tuple[str, tuple[Any, ...]]
             if entry.name.startswith("."):
                 continue  # editor swap files, .git and the like
             source = rel + entry.name
+            if root is not None and entry.is_symlink() and _leads_outside(entry.path, root):
+                if entry.name.endswith(".toml") or _is_dir(entry):
+                    found[source] = (entry.path, ("outside",))
+                continue
             if entry.name.endswith(".toml"):
                 key = stat_key(entry)  # one stat tells file from folder (d_type may be missing)
                 found[source] = (entry.path, key)
@@ -152,6 +158,14 @@ def scan_folder(top: Path, prefix: str) -> dict[str, tuple[str, tuple[Any, ...]]
                 continue
             _descend(entry, source, stack, visited)
     return found
+
+
+def _leads_outside(path: str, root: Path) -> bool:
+    try:
+        real = Path(os.path.realpath(path))
+    except OSError:
+        return False  # a broken link is reported as such by stat_key
+    return not real.is_relative_to(root)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

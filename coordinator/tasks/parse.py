@@ -40,6 +40,7 @@ _PROBLEMS = {
     "special": "is not a regular file; task files must be plain .toml files",
     "broken-symlink": "is a broken symlink; point it at a task file or remove it",
     "unlistable": "cannot list this folder; check its permissions",
+    "outside": "is a symlink that leads outside the fleet root; move what it points at inside, or remove the link",
 }
 Problem = tuple[str, str]  # (field, message)
 
