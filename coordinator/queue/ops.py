@@ -150,6 +150,8 @@ def blocked_reason(config: FleetConfig, taskset: TaskSet, task_id: str) -> str |
     store = open_store(config)
     view = QueueView(config, store)
     view.resync(build_heap=False)
+    if view.states.get(task_id, State.PENDING) != State.PENDING:
+        return None
     return view.blocked_reason(task_id)
 
 

@@ -24,7 +24,11 @@ LOG_NAMES = {"stdout": "stdout.log", "stderr": "stderr.log", "acceptance": "acce
 
 def log_chunks(config: FleetConfig, task_id: str, *, follow: bool, stream: str = "stdout",
                run: int | None = None) -> Iterator[str]:
-    """The log's text; with ``follow``, chunk after chunk while the task is pending or running."""
+    """The log's text; with ``follow``, chunk after chunk while the task is pending or running.
+
+    Bad requests (an unknown task or run, no log yet) raise ``TaskError`` here,
+    before anything is read or waited for; the chunks come from the iterator.
+    """
     record = open_store(config).read_record(task_id)
     if not run_dirs(config, task_id) and record is None:
         # Checked only when there is nothing to show, so a typo fails fast instead of following forever.
@@ -32,8 +36,7 @@ def log_chunks(config: FleetConfig, task_id: str, *, follow: bool, stream: str =
     if run is not None:
         _require_run(config, task_id, run, record, follow=follow)
     if follow:
-        yield from _follow(config, task_id, LOG_NAMES[stream], run)
-        return
+        return _follow(config, task_id, LOG_NAMES[stream], run)
     path = _pick(config, task_id, run)
     if path is None:
         raise TaskError(f"task {task_id!r} has no {stream} log yet; `coordinator logs -f {task_id}` waits "
@@ -42,7 +45,7 @@ def log_chunks(config: FleetConfig, task_id: str, *, follow: bool, stream: str =
     if stream == "acceptance" and not log.exists():
         raise TaskError(f"run {path.name} of task {task_id!r} has no acceptance.log (the task has no acceptance "
                         "command, or the run did not reach it)", task_id=task_id)
-    yield log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    return iter([log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""])
 
 
 def _require_run(config: FleetConfig, task_id: str, run: int, record: Record | None, *, follow: bool) -> None:

@@ -115,3 +115,12 @@ def invalid_detail(bad: InvalidFile) -> dict[str, Any]:
     problems = [p.error for p in bad.problems()]
     return {"task": {"id": bad.task_id, "source": bad.path}, "state": str(State.INVALID), "reason": bad.error,
             "problems": problems, "record": None, "claim": None, "runs_dir": None, "run_usage": []}
+
+
+def needs_attention(rows: list[TaskRow]) -> dict[str, list[dict[str, str | None]]]:
+    """The failed, blocked and invalid tasks by name, with why (what the end-of-run summary lists)."""
+    out: dict[str, list[dict[str, str | None]]] = {"failed": [], "blocked": [], "invalid": []}
+    for row in rows:
+        if row.state in out:
+            out[row.state].append({"id": row.id, "reason": row.reason})
+    return out
