@@ -72,7 +72,8 @@ class FleetDisplay:
             self._print(notice_line(notice, self.elapsed()))
         for outcome in task_outcomes(self.events.fresh, snap.taskset, snap.records):
             self._print(outcome_line(outcome, self.elapsed()))
-        line = plain_line(since(self.baseline, status), self.elapsed())
+        # The queue's progress is absolute; the gateway's figures are this run's.
+        line = plain_line({**status, "gateway": since(self.baseline, status)["gateway"]}, self.elapsed())
         if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
             self._print(line)
             self.last_line = line

@@ -100,12 +100,13 @@ def _invalid_detail(data: dict[str, Any], console: Console) -> None:
 
 
 def history_line(entry: dict[str, Any]) -> str:
-    """``  attempt 2: failed by agent-1 at 2026-05-01 12:00:03 (4.2s) — error``."""
+    """``  attempt 2 (run 5): failed by agent-1 at 2026-05-01 12:00:03 (4.2s) — error``; run N is ``logs --run N``."""
     finished, started = entry.get("finished_at"), entry.get("started_at")
     when = f" at {datetime.fromtimestamp(finished).strftime('%Y-%m-%d %H:%M:%S')}" if finished else ""
     took = f" ({finished - started:.1f}s)" if finished and started else ""
     error = f" — {entry['error']}" if entry.get("error") else ""
-    return f"  attempt {entry.get('attempt', '?')}: {entry.get('outcome', '?')} by {entry.get('agent', '?')}" \
+    run = f" (run {entry['epoch']})" if entry.get("epoch") else ""
+    return f"  attempt {entry.get('attempt', '?')}{run}: {entry.get('outcome', '?')} by {entry.get('agent', '?')}" \
            f"{when}{took}{error}"
 
 
