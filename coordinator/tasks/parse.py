@@ -114,6 +114,7 @@ class TaskFileParser:
         prefix = f"tasks[{index}]." if result.in_array else ""
         entries = [invalid_entry(result.source, message, key=prefix + field, task_id=task_id,
                                  line=field_line(text, field, index, result.in_array)) for field, message in problems]
+        entries.sort(key=lambda entry: entry.line or float("inf"))  # file order; unplaced ones last
         result.invalid.append(dataclasses.replace(entries[0], more=tuple(entries[1:])))
         if task_id is not None:
             result.entries.append((task_id, None))
