@@ -135,35 +135,17 @@ def add(ctx: typer.Context, prompt: Annotated[str | None, typer.Argument(
                                                  "('-' for stdin) instead of the argument.")] = None,
         root: RootOpt = None) -> None:
     """Write a new task file into tasks/ (atomically; never overwrites, never duplicates a prompt)."""
-    from .queue.ops import add_task, unknown_dependencies  # noqa: PLC0415
+    from .queue.ops import add_task, read_prompt, unknown_dependencies  # noqa: PLC0415
     from .tasks import parse_priority  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     parse_priority(priority)  # a usage error before anything is written
-    path = add_task(config, read_prompt(prompt, file), task_id=task_id, priority=priority,
+    path = add_task(config, read_prompt(prompt, file, sys.stdin), task_id=task_id, priority=priority,
                     depends_on=depends_on, agent=agent)
     typer.echo(f"added {path.stem} ({path.relative_to(config.root)})")
     for dep in unknown_dependencies(config, path.stem):
         typer.echo(f"warning: {path.stem} depends on {dep!r}, which is not a known task; it stays blocked until "
                    "a task with that id exists", err=True)
-
-
-def read_prompt(prompt: str | None, file: str | None) -> str:
-    """The prompt from the argument, or from ``--file F`` / ``--file -`` (stdin); exactly one of them."""
-    from .errors import ConfigError  # noqa: PLC0415
-
-    if (prompt is None) == (file is None):
-        raise ConfigError("give the prompt as an argument or with --file F (- for stdin), not both or neither",
-                          key="PROMPT")
-    if file is None:
-        return prompt or ""
-    if file == "-":
-        return sys.stdin.read()
-    try:
-        return Path(file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"cannot read {file} ({reason}); give a readable UTF-8 text file", key="--file") from exc
 
 
 @app.command()

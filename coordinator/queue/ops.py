@@ -13,7 +13,7 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..atomic import write_new_file
 from ..config import FleetConfig
@@ -74,6 +74,22 @@ def unknown_dependencies(config: FleetConfig, task_id: str) -> list[str]:
         return [dep for dep in task.depends_on if dep not in taskset.tasks and dep not in
                 {b.task_id for b in taskset.invalid}]
     return []
+
+
+def read_prompt(prompt: str | None, file: str | None, stdin: TextIO) -> str:
+    """The prompt from the argument, or from ``--file F`` / ``--file -`` (``stdin``); exactly one of them."""
+    if (prompt is None) == (file is None):
+        raise ConfigError("give the prompt as an argument or with --file F (- for stdin), not both or neither",
+                          key="PROMPT")
+    if file is None:
+        return prompt or ""
+    if file == "-":
+        return stdin.read()
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"cannot read {file} ({reason}); give a readable UTF-8 text file", key="--file") from exc
 
 
 def _check_new_id(taskset: TaskSet, prompt: str, task_id: str | None) -> None:
