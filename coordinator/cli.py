@@ -17,7 +17,9 @@ import typer
 
 from .errors import CoordinatorError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# rich_markup_mode=None: plain click help, so "[fleet] agents" and "[agents.NAME]" are printed as written
+# (rich markup would eat them) and flags show no "<bool>" metavar.
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Run a fleet of LLM agents over a queue of TOML tasks, through one shared gateway.")
 
 RootOpt = Annotated[Path | None, typer.Option("-C", "--root", help="Fleet root (folder of fleet.toml). "
@@ -45,8 +47,21 @@ class Context:
                               path=exc.filename) from exc
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            typer.echo(f"coordinator {version('coordinator')}")
+        except PackageNotFoundError:
+            typer.echo("coordinator (not installed; run `pip install -e .`)")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(ctx: typer.Context, root: RootOpt = None) -> None:
+def _main(ctx: typer.Context, root: RootOpt = None,
+          version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                help="Print the version and exit.")] = False) -> None:
     ctx.obj = Context(root)
 
 
@@ -79,24 +94,23 @@ def print_json(data: Any) -> None:
 
 @app.command()
 def validate(ctx: typer.Context, paths: Annotated[list[Path] | None, typer.Argument(
-        help="Task files or folders to check. Default: the whole tasks folder.")] = None,
+        help="Task files or folders to check (within the fleet). Default: the whole tasks folder.")] = None,
         as_json: JsonOpt = False, root: RootOpt = None) -> None:
-    """Check task files; exit 2 if any is invalid, naming file, line, field and fix."""
-    from .tasks import load_paths, load_tasks  # noqa: PLC0415
+    """Check fleet.toml and task files; exit 2 if anything is invalid, naming file, line, field and fix.
 
-    config = _ctx(ctx, root).config()
+    Every problem is reported in one pass. Warnings (a context pattern that matches
+    no file yet) do not change the exit code.
+    """
+    from .tasks import load_paths, load_tasks  # noqa: PLC0415
+    from .tasks.index import context_warnings  # noqa: PLC0415
+    from .ui.validate import print_config_problems, print_validation  # noqa: PLC0415
+
+    try:
+        config = _ctx(ctx, root).config()
+    except CoordinatorError as err:
+        raise typer.Exit(print_config_problems(getattr(err, "problems", [err]), as_json=as_json)) from err
     taskset = load_paths(config, [p.resolve() for p in paths]) if paths else load_tasks(config)
-    if as_json:
-        print_json({"valid": len(taskset.tasks),
-                    "invalid": [{"path": i.path, "line": i.line, "field": i.field, "error": i.error}
-                                for i in taskset.invalid],
-                    "blocked": [{"id": k, "reason": v} for k, v in taskset.blocked.items()]})
-    else:
-        for bad in taskset.invalid:
-            typer.echo(f"invalid: {bad.error}")
-        for task_id, reason in taskset.blocked.items():
-            typer.echo(f"blocked: {task_id}: {reason}")
-        typer.echo(f"{len(taskset.tasks)} valid task(s), {len(taskset.invalid)} invalid")
+    print_validation(taskset, context_warnings(config, taskset), as_json=as_json)
     raise typer.Exit(2 if taskset.invalid else 0)
 
 
@@ -109,29 +123,36 @@ def schema() -> None:
 
 
 @app.command()
-def add(ctx: typer.Context, prompt: Annotated[str, typer.Argument(help="What the task should do.")],
+def add(ctx: typer.Context, prompt: Annotated[str | None, typer.Argument(
+        help="What the task should do (or use --file).", show_default=False)] = None,
         task_id: Annotated[str | None, typer.Option("--id", help="Task id (default: from the prompt).")] = None,
         priority: Annotated[str, typer.Option(help="critical, high, normal, low, or a number (lower first).")]
         = "normal",
         depends_on: Annotated[list[str] | None, typer.Option("--depends-on", help="Id this task waits for "
                                                                  "(repeat for several).")] = None,
         agent: Annotated[str | None, typer.Option(help="An [agents.NAME] from fleet.toml.")] = None,
+        file: Annotated[str | None, typer.Option("--file", "-f", help="Read the prompt from this file "
+                                                 "('-' for stdin) instead of the argument.")] = None,
         root: RootOpt = None) -> None:
-    """Write a new task file into tasks/ (atomically; never overwrites)."""
-    from .queue.ops import add_task  # noqa: PLC0415
+    """Write a new task file into tasks/ (atomically; never overwrites, never duplicates a prompt)."""
+    from .queue.ops import add_task, read_prompt, unknown_dependencies  # noqa: PLC0415
     from .tasks import parse_priority  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
-    path = add_task(config, prompt, task_id=task_id, priority=parse_priority(priority),
+    parse_priority(priority)  # a usage error before anything is written
+    path = add_task(config, read_prompt(prompt, file, sys.stdin), task_id=task_id, priority=priority,
                     depends_on=depends_on, agent=agent)
     typer.echo(f"added {path.stem} ({path.relative_to(config.root)})")
+    for dep in unknown_dependencies(config, path.stem):
+        typer.echo(f"warning: {path.stem} depends on {dep!r}, which is not a known task; it stays blocked until "
+                   "a task with that id exists", err=True)
 
 
 @app.command()
 def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
-        help="Only tasks in this state: pending, blocked, running, done, failed, cancelled.")] = None,
+        help="Only tasks in this state: pending, blocked, running, done, failed, invalid, cancelled.")] = None,
         as_json: JsonOpt = False, root: RootOpt = None) -> None:
-    """List tasks in priority order with their state."""
+    """List tasks in priority order with their state (invalid files last)."""
     from .report.rows import STATES, snapshot  # noqa: PLC0415
 
     if state is not None and state not in STATES:
@@ -149,7 +170,7 @@ def tasks(ctx: typer.Context, state: Annotated[str | None, typer.Option(
 @app.command()
 def show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonOpt = False,
          root: RootOpt = None) -> None:
-    """Show one task: its definition, state, attempts and last error."""
+    """Show one task: its definition, state, attempts, usage and history (or why it is invalid)."""
     from .report.rows import task_detail as build_detail  # noqa: PLC0415
     from .ui.tables import task_detail  # noqa: PLC0415
 
@@ -162,23 +183,53 @@ def show(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID"
 
 
 @app.command()
-def retry(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
+def retry(ctx: typer.Context, task_id: Annotated[str | None, typer.Argument(metavar="[ID]", show_default=False,
+                                                                           help="The task to retry.")] = None,
+          failed: Annotated[bool, typer.Option("--failed", help="Retry every failed task.")] = False,
           root: RootOpt = None) -> None:
-    """Re-queue a failed, done or cancelled task with fresh attempts."""
-    from .queue.ops import retry_task  # noqa: PLC0415
+    """Re-queue a failed, done or cancelled task with fresh attempts (and a fresh budget)."""
+    from .errors import ConfigError  # noqa: PLC0415
+    from .queue.ops import retry_failed, retry_task  # noqa: PLC0415
 
-    retry_task(_ctx(ctx, root).config(), task_id)
-    typer.echo(f"{task_id}: pending")
+    if (task_id is None) == (not failed):
+        raise ConfigError("name one task ID, or pass --failed for every failed task", key="ID")
+    config = _ctx(ctx, root).config()
+    retried = retry_failed(config) if failed else [retry_task(config, task_id or "").id]
+    for done in retried:
+        typer.echo(f"{done}: pending")
+    if not retried:
+        typer.echo("no failed task")
 
 
 @app.command()
 def cancel(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
            root: RootOpt = None) -> None:
     """Cancel a task; a running one is stopped and its process killed."""
-    from .queue.ops import cancel_task  # noqa: PLC0415
+    from .queue.ops import blocked_reason, cancel_task  # noqa: PLC0415
+    from .tasks.cache import load_cached  # noqa: PLC0415
 
-    cancel_task(_ctx(ctx, root).config(), task_id)
-    typer.echo(f"{task_id}: cancelled")
+    config = _ctx(ctx, root).config()
+    was_blocked = blocked_reason(config, load_cached(config), task_id)
+    cancel_task(config, task_id)
+    typer.echo(f"{task_id}: cancelled" + (f" (it was blocked: {was_blocked})" if was_blocked else ""))
+
+
+@app.command()
+def pause(ctx: typer.Context, root: RootOpt = None) -> None:
+    """Stop claiming new tasks; running tasks finish (`coordinator resume` continues)."""
+    from .queue.ops import set_paused  # noqa: PLC0415
+
+    changed = set_paused(_ctx(ctx, root).config(), True)
+    typer.echo("paused: agents claim no new task; running tasks finish" if changed else "already paused")
+
+
+@app.command()
+def resume(ctx: typer.Context, root: RootOpt = None) -> None:
+    """Let agents claim tasks again after `coordinator pause`."""
+    from .queue.ops import set_paused  # noqa: PLC0415
+
+    changed = set_paused(_ctx(ctx, root).config(), False)
+    typer.echo("resumed: agents claim tasks again" if changed else "not paused")
 
 
 @app.command()
@@ -227,7 +278,11 @@ def run(ctx: typer.Context,
         no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Plain progress lines instead of "
                                                    "the live view.")] = False,
         root: RootOpt = None) -> None:
-    """Start the gateway and N agents; work through tasks/ (exit 0: all done, 1: some failed)."""
+    """Start the gateway and N agents; work through tasks/.
+
+    Exit 0 when every task is done; 1 when any failed, is blocked or invalid (or is
+    left pending); 2 for bad input; 130 after Ctrl-C.
+    """
     from .fleet.supervisor import FleetOptions, run_fleet  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
@@ -240,18 +295,19 @@ def run(ctx: typer.Context,
     def make_display() -> Any:  # rich is imported only once the first agent is booting (fleet/supervisor.py)
         from .ui.live import FleetDisplay  # noqa: PLC0415
 
-        return FleetDisplay(config, live=live)
+        return FleetDisplay(config, live=live, watching=not options.until_empty and sys.stdout.isatty())
 
     raise typer.Exit(run_fleet(config, options, make_display))
 
 
 @app.command()
 def status(ctx: typer.Context, as_json: JsonOpt = False,
-           watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C.")] = False,
+           watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C (into a pipe: "
+                                               "a snapshot, or a JSON line with --json, every second).")] = False,
            check: Annotated[bool, typer.Option("--check", help="Exit 1 if the fleet is unhealthy (dead agents, "
                                                "stale claims, invalid files, unreachable gateway).")] = False,
            root: RootOpt = None) -> None:
-    """Fleet health: queue, agents, gateway savings, stale claims, invalid files."""
+    """Fleet health: queue, agents, gateway savings, stale claims, invalid files, paused."""
     import time  # noqa: PLC0415
 
     from .report.status import build_status  # noqa: PLC0415
@@ -261,7 +317,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False,
     if watch:
         from .ui.live import watch_status  # noqa: PLC0415
 
-        watch_status(lambda: build_status(config, time.time()), WATCH_EVERY_S)
+        watch_status(lambda: build_status(config, time.time()), WATCH_EVERY_S, as_json=as_json)
+        return
     one_shot()
     report = build_status(config, time.time())
     if as_json:
@@ -275,14 +332,21 @@ def status(ctx: typer.Context, as_json: JsonOpt = False,
 def logs(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID")],
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing while the task runs.")] = False,
          stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr.log instead of stdout.log.")] = False,
+         acceptance: Annotated[bool, typer.Option("--acceptance", help="Show acceptance.log: the output of the "
+                                                  "task's acceptance command.")] = False,
          run: Annotated[int | None, typer.Option("--run", help="Which run folder, runs/ID/N, N being its "
                                                  "claim's epoch (default: the latest).")] = None,
          root: RootOpt = None) -> None:
     """Print a task's output log (the streamed tokens, or a command's stdout)."""
-    from .report.logs import log_chunks  # noqa: PLC0415
+    from .report.logs import is_waiting_for_fleet, log_chunks  # noqa: PLC0415
 
-    for chunk in log_chunks(_ctx(ctx, root).config(), task_id, follow=follow,
-                            stream="stderr" if stderr else "stdout", run=run):
+    config = _ctx(ctx, root).config()
+    stream = "acceptance" if acceptance else "stderr" if stderr else "stdout"
+    chunks = log_chunks(config, task_id, follow=follow, stream=stream, run=run)  # unknown id or run: exit 2
+    if follow and is_waiting_for_fleet(config, task_id):
+        typer.echo(f"waiting for a fleet to run {task_id} (start one with `coordinator run`); Ctrl-C to stop",
+                   err=True)
+    for chunk in chunks:
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
@@ -290,7 +354,7 @@ def logs(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID"
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet root.")] = Path("."),
          force: Annotated[bool, typer.Option("--force", help="Overwrite an existing fleet.toml.")] = False) -> None:
-    """Write a commented fleet.toml and three example tasks."""
+    """Write a commented fleet.toml, three example tasks, and a .gitignore entry for .coordinator/."""
     from .scaffold import init_fleet  # noqa: PLC0415
 
     for path in init_fleet(directory, force=force):
@@ -318,4 +382,7 @@ def main() -> None:
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing left to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)

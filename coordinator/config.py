@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .validation import first_error, key_line, toml_error_line, toml_error_reason
+from .validation import TYPE_FIXES, all_errors, did_you_mean, header_lines, key_line, toml_error_line, toml_error_reason
 
 ROOT_ENV = "COORDINATOR_ROOT"
 CONFIG_NAME = "fleet.toml"
@@ -201,7 +201,12 @@ def resolve_root(root: str | Path | None) -> Path:
 
 
 def load_config(root: str | Path | None = None) -> FleetConfig:
-    """Read the fleet.toml found at or above ``root`` (see ``resolve_root``)."""
+    """Read the fleet.toml found at or above ``root`` (see ``resolve_root``).
+
+    Every problem is found in one pass. The ``ConfigError`` raised names the first
+    one on one line, saying how many more there are; all of them (each a
+    ``ConfigError``) are in its ``problems`` attribute, which ``validate`` prints.
+    """
     base = resolve_root(root)
     path = base / CONFIG_NAME
     try:
@@ -211,32 +216,83 @@ def load_config(root: str | Path | None = None) -> FleetConfig:
         raise ConfigError("file is not UTF-8 text; save it as UTF-8", path=path) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(toml_error_reason(exc), path=path, line=toml_error_line(exc)) from exc
+    problems = []
     if "root" in data:
-        raise ConfigError("unknown top-level key; remove it", path=path, key="root")
+        problems.append(ConfigError("unknown top-level key; remove it", path=path, key="root"))
+        data = {key: value for key, value in data.items() if key != "root"}
     try:
         config = FleetConfig(root=base, **data)
     except ValidationError as exc:
-        key, msg = first_error(exc)
-        raise ConfigError(msg, path=path, key=key, line=key_line(text, key)) from exc
-    _check_references(config, path)
+        problems += [ConfigError(msg, path=path, key=key, line=_line_of(text, key))
+                     for key, msg in all_errors(exc, fixes=TYPE_FIXES, known_keys=_keys_at)]
+        raise config_error(problems) from exc
+    problems += _check_references(config, path)
+    if problems:
+        raise config_error(problems)
     return config
 
 
-def _check_references(config: FleetConfig, path: Path) -> None:
-    """Names that point at other tables must exist."""
+def _line_of(text: str, key: str) -> int | None:
+    """The line assigning ``key``, else the line of its table header (``[gatway]``, ``[agents.c]``)."""
+    line = key_line(text, key)
+    if line is None:
+        line = next((n for n, header in header_lines(text) if header.strip("[]").strip() == key), None)
+    return line
+
+
+def config_error(problems: list[ConfigError]) -> ConfigError:
+    """One error for every command to print: the first problem, and how to see the rest."""
+    problems = sorted(problems, key=lambda p: p.line or float("inf"))  # file order; unplaced ones last
+    first = problems[0]
+    if len(problems) == 1:
+        first.problems = problems  # type: ignore[attr-defined]
+        return first
+    err = ConfigError(f"{first.reason} ({len(problems) - 1} more: run `coordinator validate`)", path=first.path,
+                      key=first.key, line=first.line)
+    err.problems = problems  # type: ignore[attr-defined]
+    return err
+
+
+def _keys_at(loc: tuple[object, ...]) -> list[str]:
+    """The keys valid in the table at ``loc`` (("fleet",), ("agents", "claude"), ...), for "did you mean"."""
+    model: object = FleetConfig
+    keyed = False  # the next part is a table name of a dict section ([agents.NAME]), not a key
+    for part in loc:
+        if keyed:
+            keyed = False
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        if get_origin(annotation) is dict:
+            model, keyed = get_args(annotation)[1], True
+        else:
+            model = annotation
+    fields = getattr(model, "model_fields", None)
+    return [name for name in fields if name != "root"] if fields and not keyed else []
+
+
+def _check_references(config: FleetConfig, path: Path) -> list[ConfigError]:
+    """Names that point at other tables must exist: every broken one."""
+    problems = []
     if config.fleet.default_agent not in config.agents:
-        raise ConfigError(f"agent {config.fleet.default_agent!r} is not defined; add [agents.{config.fleet.default_agent}]",
-                          path=path, key="fleet.default_agent")
+        problems.append(ConfigError(f"agent {config.fleet.default_agent!r} is not defined; add "
+                                    f"[agents.{config.fleet.default_agent}]{did_you_mean(config.fleet.default_agent, config.agents)}",
+                                    path=path, key="fleet.default_agent"))
     for name, alias in config.models.items():
         if alias.backend not in config.backends:
-            raise ConfigError(f"backend {alias.backend!r} is not defined; add [backends.{alias.backend}]",
-                              path=path, key=f"models.{name}.backend")
+            problems.append(ConfigError(f"backend {alias.backend!r} is not defined; add [backends.{alias.backend}]"
+                                        f"{did_you_mean(alias.backend, config.backends)}",
+                                        path=path, key=f"models.{name}.backend"))
     for name, backend in config.backends.items():
         for other in backend.fallback:
             if other not in config.backends:
-                raise ConfigError(f"fallback backend {other!r} is not defined", path=path,
-                                  key=f"backends.{name}.fallback")
+                problems.append(ConfigError(f"fallback backend {other!r} is not defined; add [backends.{other}]"
+                                            f"{did_you_mean(other, config.backends)}", path=path,
+                                            key=f"backends.{name}.fallback"))
     for name, agent in config.agents.items():
         if agent.kind == "command" and not agent.command:
-            raise ConfigError("a command agent needs command = [\"program\", \"arg\", ...]",
-                              path=path, key=f"agents.{name}.command")
+            problems.append(ConfigError("a command agent needs command = [\"program\", \"arg\", ...]",
+                                        path=path, key=f"agents.{name}.command"))
+    return problems

@@ -1,4 +1,8 @@
-"""``coordinator init``: a commented fleet.toml, a shared context file, three example tasks."""
+"""``coordinator init``: a commented fleet.toml, a shared context file, three example tasks, a .gitignore.
+
+The files cite nothing outside the new fleet: a new user's folder holds no
+design documents to point at, so every comment explains itself.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +44,12 @@ kind = "llm"
 system = "You are a careful engineer."
 shared_context = ["context/*.md"]   # every task sees these first: the shared, cached prefix
 
-# [agents.claude]                   # Claude Code through the gateway
+# [agents.claude]                   # Claude Code through the gateway (npm install -g @anthropic-ai/claude-code)
 # kind = "command"
 # command = ["claude", "-p", "{prompt}", "--output-format", "json"]
+# # The gateway sets ANTHROPIC_BASE_URL and a per-task ANTHROPIC_API_KEY; these keep Claude Code
+# # from calling anything but the gateway (telemetry, update checks), so it also runs offline.
+# env = { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1" }
 '''
 
 CONTEXT = '''# Project notes
@@ -62,8 +69,15 @@ TASKS = {
 }
 
 
+GITIGNORE_LINE = ".coordinator/"
+
+
 def init_fleet(directory: Path, *, force: bool = False) -> list[Path]:
-    """Create the files; refuses to overwrite anything but fleet.toml with ``force``."""
+    """Create the files; refuses to overwrite anything but fleet.toml with ``force``.
+
+    ``.gitignore`` gains a ``.coordinator/`` line (state, logs and the gateway's
+    token must never be committed); an existing one is appended to, never replaced.
+    """
     if directory.exists() and not directory.is_dir():
         raise ConfigError("is not a folder; pick a folder (it is created if missing)", path=directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,4 +95,18 @@ def init_fleet(directory: Path, *, force: bool = False) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    if _ignore_state(directory / ".gitignore"):
+        written.append(directory / ".gitignore")
     return written
+
+
+def _ignore_state(path: Path) -> bool:
+    """Add ``.coordinator/`` to a .gitignore unless it is there already; whether the file changed."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if any(line.strip() in (GITIGNORE_LINE, GITIGNORE_LINE.rstrip("/"), "/" + GITIGNORE_LINE)
+           for line in text.splitlines()):
+        return False
+    separator = "" if not text or text.endswith("\n") else "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"{separator}# coordinator state: claims, logs, the gateway's token\n{GITIGNORE_LINE}\n")
+    return True

@@ -1,14 +1,15 @@
 """Turn pydantic and TOML errors into one-line, fix-naming messages.
 
 Both fleet.toml and task files are validated by pydantic models; this module is
-the single place that renders their errors for people.
+the single place that renders their errors for people: every error, not only the
+first, so ``coordinator validate`` can show all of a file's problems in one pass.
 """
 
 from __future__ import annotations
 
 import difflib
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,6 +17,20 @@ from pydantic import ValidationError
 _FIXES = {
     "extra_forbidden": "unknown key; remove it or check its spelling",
     "missing": "required key is missing; add it",
+}
+# Pydantic's wording for the type errors a hand-written TOML file meets most, made to say the fix
+# (task files and fleet.toml alike).
+TYPE_FIXES = {
+    "string_type": 'must be a string, in quotes: "..."',
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": 'must be a list, e.g. ["a", "b"]',
+    "dict_type": "must be a table, e.g. [vars] or { name = \"value\" }",
 }
 
 
@@ -30,17 +45,31 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+KnownKeys = Iterable[str] | Callable[[tuple[Any, ...]], Iterable[str]]
+
+
 def first_error(exc: ValidationError, *, fixes: Mapping[str, str] | None = None,
-                known_keys: Iterable[str] = ()) -> tuple[str, str]:
-    """The (field, message) of the first validation error, worded for a person.
+                known_keys: KnownKeys = ()) -> tuple[str, str]:
+    """The (field, message) of the first validation error, worded for a person (see ``all_errors``)."""
+    return all_errors(exc, fixes=fixes, known_keys=known_keys)[0]
+
+
+def all_errors(exc: ValidationError, *, fixes: Mapping[str, str] | None = None,
+               known_keys: KnownKeys = ()) -> list[tuple[str, str]]:
+    """Every validation error as (field, message), worded for a person, in pydantic's order.
 
     ``fixes`` rewords chosen pydantic error types (the input is still shown);
-    ``known_keys`` lets an unknown top-level key suggest the key it was likely meant to be.
+    ``known_keys`` lets an unknown key suggest the key it was likely meant to be:
+    the valid top-level keys, or a function from the unknown key's table (its
+    location without the key) to the keys valid there.
     """
-    err = exc.errors(include_url=False)[0]
+    return [_worded(err, fixes or {}, known_keys) for err in exc.errors(include_url=False)]
+
+
+def _worded(err: Any, fixes: Mapping[str, str], known_keys: KnownKeys) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     kind = err["type"]
-    msg = _FIXES.get(kind) or (fixes or {}).get(kind) or err["msg"]
+    msg = _FIXES.get(kind) or fixes.get(kind) or err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind not in _FIXES and "input" in err and not isinstance(err["input"], (dict, list)):
@@ -49,8 +78,11 @@ def first_error(exc: ValidationError, *, fixes: Mapping[str, str] | None = None,
         if len(shown) > 60:
             shown = shown[:57] + "..."
         msg = f"{msg} (got {shown})"
-    if kind == "extra_forbidden" and len(loc) == 1:
-        msg += did_you_mean(str(loc[0]), known_keys)
+    if kind == "extra_forbidden" and loc:
+        if callable(known_keys):
+            msg += did_you_mean(str(loc[-1]), known_keys(loc[:-1]))
+        elif len(loc) == 1:
+            msg += did_you_mean(str(loc[0]), known_keys)
     return field_path(loc), msg
 
 

@@ -33,7 +33,7 @@ from tests.procs import events, record, run_cli, start_agent, stop, wait_for, wr
 
 COMMANDS = ("init", "run", "status", "add", "tasks", "show", "logs", "retry", "cancel", "validate", "schema",
             "agent", "gateway")
-ROW_KEYS = {"id", "state", "priority", "title", "attempts", "max_attempts", "agent", "source", "reason"}
+ROW_KEYS = {"id", "state", "priority", "title", "attempts", "max_attempts", "agent", "source", "reason", "worker"}
 
 QUICK_FLEET = """
 [fleet]
@@ -97,22 +97,26 @@ def tmp_leftovers(folder: Path) -> list[str]:
 # -- add ---------------------------------------------------------------------------------------------------------
 
 
-def test_add_writes_a_toml_task_file_named_after_the_prompt(make_fleet) -> None:
+def test_add_writes_a_toml_task_file_named_after_the_prompt(make_fleet, monkeypatch, capsys) -> None:
     root = make_fleet(QUICK_FLEET)
     result = invoke(root, "add", "Fix the flaky login test!", "--priority", "high")
     assert result.exit_code == 0, result.output
     assert result.stdout == "added fix-the-flaky-login-test (tasks/fix-the-flaky-login-test.toml)\n"
     path = root / "tasks" / "fix-the-flaky-login-test.toml"
-    assert tomllib.loads(path.read_text()) == {"prompt": "Fix the flaky login test!", "priority": 1}
+    assert tomllib.loads(path.read_text()) == {"prompt": "Fix the flaky login test!", "priority": "high"}
     before = path.read_bytes()
-    again = invoke(root, "add", "Fix the flaky login test!")
-    assert again.exit_code == 0, again.output
-    assert "added fix-the-flaky-login-test-2 " in again.stdout
+    # The same prompt again is an error naming the existing task, never a silent "-2" copy.
+    code, out, err = run_main(monkeypatch, capsys, "-C", str(root), "add", "Fix the flaky login test!")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "'fix-the-flaky-login-test'", "tasks/fix-the-flaky-login-test.toml", "--id")
     assert path.read_bytes() == before, "an existing task file is never rewritten"
-    assert tomllib.loads((root / "tasks" / "fix-the-flaky-login-test-2.toml").read_text())["priority"] == 2
+    again = invoke(root, "add", "Fix the flaky login test!", "--id", "fix-login-again")
+    assert again.exit_code == 0, again.output
+    assert "added fix-login-again " in again.stdout
+    assert tomllib.loads((root / "tasks" / "fix-login-again.toml").read_text())["priority"] == "normal"
     assert tmp_leftovers(root / "tasks") == []
     listed = json.loads(invoke(root, "tasks", "--json").stdout)
-    assert [row["id"] for row in listed] == ["fix-the-flaky-login-test", "fix-the-flaky-login-test-2"]
+    assert [row["id"] for row in listed] == ["fix-the-flaky-login-test", "fix-login-again"]
 
 
 def test_add_with_id_repeated_depends_on_agent_and_numeric_priority(make_fleet) -> None:
@@ -206,7 +210,8 @@ def test_tasks_filters_by_state_and_json_keys_are_stable(make_fleet) -> None:
                                                      ("e-cancelled", "cancelled")]
     assert all(set(r) == ROW_KEYS for r in rows)
     failed = next(r for r in rows if r["id"] == "b-failed")
-    assert failed["attempts"] == 1 and failed["agent"] == "tester" and failed["source"] == "tasks/b-failed.toml"
+    assert failed["attempts"] == 1 and failed["worker"] == "tester" and failed["source"] == "tasks/b-failed.toml"
+    assert failed["agent"] == "quick", "AGENT is what the task runs on: the fleet's default_agent here"
     assert failed["reason"] == "command exited with code 1"
     assert "b-failed" in next(r for r in rows if r["id"] == "d-blocked")["reason"]
     for state, expected in (("done", ["a-done"]), ("failed", ["b-failed"]), ("blocked", ["d-blocked"]),
@@ -215,8 +220,8 @@ def test_tasks_filters_by_state_and_json_keys_are_stable(make_fleet) -> None:
         assert result.exit_code == 0, result.output
         assert [r["id"] for r in json.loads(result.stdout)] == expected, state
     text = invoke(root, "tasks", "--state", "failed").stdout.splitlines()
-    assert text[0].split() == ["ID", "STATE", "PRI", "TRIES", "AGENT", "TITLE", "/", "REASON"]
-    assert text[1].split()[:5] == ["b-failed", "failed", "1", "1/3", "tester"]
+    assert text[0].split() == ["ID", "STATE", "PRI", "TRIES", "AGENT", "WORKER", "TITLE", "/", "REASON"]
+    assert text[1].split()[:6] == ["b-failed", "failed", "1", "1/3", "quick", "tester"]
     assert text[1].endswith("b — command exited with code 1") and len(text) == 2
     assert invoke(root, "tasks", "--state", "running").stdout.splitlines()[1] == "no tasks"
     bad = invoke(root, "tasks", "--state", "finished")
@@ -279,7 +284,7 @@ def test_retry_requeues_failed_done_and_cancelled_with_fresh_attempts(make_fleet
 
 @pytest.mark.parametrize(("task_id", "needle"), [("c-pending", "'c-pending' is pending; only failed, done or "
                                                                "cancelled"),
-                                                 ("d-blocked", "'d-blocked' is pending"),
+                                                 ("d-blocked", "'d-blocked' is blocked (dependency 'b-failed'"),
                                                  ("nope", "no task 'nope'")])
 def test_retry_refuses_other_states_and_unknown_ids(make_fleet, monkeypatch, capsys, task_id: str,
                                                     needle: str) -> None:
@@ -360,7 +365,8 @@ def test_init_writes_a_fleet_and_refuses_to_overwrite(tmp_path: Path, monkeypatc
     assert result.exit_code == 0, result.output
     written = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()}
     assert written == {"fleet.toml", "context/notes.md", "tasks/hello.toml", "tasks/outline.toml",
-                       "tasks/summary.toml"}
+                       "tasks/summary.toml", ".gitignore"}
+    assert ".coordinator/" in (target / ".gitignore").read_text().splitlines()
     assert result.stdout.splitlines()[-1] == f"next: coordinator -C {target} run"
     check = invoke(target, "validate", "--json")
     assert check.exit_code == 0 and json.loads(check.stdout)["valid"] == 3
@@ -417,7 +423,7 @@ def test_logs_prints_the_latest_attempt_or_the_one_asked(make_fleet, monkeypatch
 # -- a bad fleet.toml --------------------------------------------------------------------------------------------
 
 BAD_CONFIGS = [
-    ('[fleet]\nagents = "many"\n', "fleet.toml:2: fleet.agents: Input should be a valid integer"),
+    ('[fleet]\nagents = "many"\n', "fleet.toml:2: fleet.agents: must be a whole number (got 'many')"),
     ("[fleet]\nbogus = 1\n", "fleet.toml:2: fleet.bogus: unknown key"),
     ("[fleet\n", "fleet.toml:1: TOML syntax error"),
     ('[gateway]\nhost = "0.0.0.0"\n', "fleet.toml:2: gateway.host: the gateway listens on loopback only"),

@@ -81,7 +81,8 @@ def test_validate_json_lists_each_bad_file(bad_fleet: Path) -> None:
     # needs-invalid.toml holds an invalid task ("broken") beside the one it blocks.
     assert paths <= set(BAD_FILES) | {"tasks/needs-invalid.toml"}, "only the bad files are invalid"
     for entry in data["invalid"]:
-        assert set(entry) == {"path", "line", "field", "error"}
+        assert set(entry) == {"path", "line", "field", "error", "id", "problems"}
+        assert entry["problems"][0] == {k: entry[k] for k in ("path", "line", "field", "error")}
         assert entry["error"].startswith(shown(entry["path"]) + ":") and "\n" not in entry["error"]
     cases = {f"tasks/{name}": expected for name, _, expected in BAD_CASES}
     for path, expected in cases.items():

@@ -95,7 +95,7 @@ def test_summary_table_of_a_clean_run_shows_done_even_at_zero_and_hides_empty_st
 
 def test_plain_line_is_exact() -> None:
     assert plain_line(make_status(), 12.34) == (
-        "[   12.3s] 16/22 finished: done 7 failed 4 running 2 pending 3 blocked 1 invalid 2 "
+        "[   12.3s] 16/22 finished: done 7 failed 4 cancelled 5 running 2 pending 3 blocked 1 invalid 2 "
         "| requests 40 upstream 13 saved $0.5678")
     assert plain_line(make_status(), 1234.56).startswith("[ 1234.6s] 16/22 finished")
 

@@ -2,7 +2,9 @@
 
 A task's displayed state is derived, never stored twice: the record's state
 (no record = pending), except that a pending task whose dependency is unknown,
-invalid, failed or cancelled shows as ``blocked`` with the reason.
+invalid, failed or cancelled shows as ``blocked`` with the reason. Each invalid
+file or task is a row too (state ``invalid``, the error as its reason), so
+``tasks --state invalid`` lists exactly what ``status`` counts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..errors import TaskError
 from ..fleet.workspace import runs_root
 from ..queue.view import QueueView
 from ..store import Claim, Record, Store, open_store
-from ..tasks import State, TaskSet
+from ..tasks import InvalidFile, State, TaskSet
 
 STATES = tuple(str(state) for state in State)  # every state, in the order reports show them
 
@@ -27,13 +29,14 @@ class TaskRow:
 
     id: str
     state: str
-    priority: int
+    priority: int | None  # None: an invalid file has none
     title: str
     attempts: int
     max_attempts: int
-    agent: str | None
+    agent: str | None  # the [agents.NAME] it runs on
     source: str
-    reason: str | None = None  # why blocked, or the last error
+    reason: str | None = None  # why blocked or invalid, or the last error
+    worker: str | None = None  # the agent process that ran it last (the record's agent id)
 
     def to_json(self) -> dict[str, Any]:
         """Stable machine form for ``--json``."""
@@ -75,8 +78,16 @@ def snapshot(config: FleetConfig, store: Store | None = None) -> FleetSnapshot:
                 state, reason = State.BLOCKED, blocked
         rows.append(TaskRow(id=task.id, state=str(state), priority=task.priority, title=task.title,
                             attempts=record.attempts if record else 0, max_attempts=task.max_attempts,
-                            agent=record.agent if record else None, source=task.source, reason=reason))
+                            agent=task.agent or config.fleet.default_agent, source=task.source, reason=reason,
+                            worker=record.agent if record else None))
+    rows.extend(invalid_row(bad) for bad in view.taskset.invalid)
     return FleetSnapshot(rows=rows, taskset=view.taskset, records=records, claims=store.list_claims())
+
+
+def invalid_row(bad: InvalidFile) -> TaskRow:
+    """An invalid file or task as a row: its id when it has a well-formed one, else its path."""
+    return TaskRow(id=bad.task_id or bad.path, state=str(State.INVALID), priority=None, title="", attempts=0,
+                   max_attempts=0, agent=None, source=bad.path, reason=bad.error)
 
 
 def task_detail(config: FleetConfig, task_id: str) -> dict[str, Any]:
@@ -85,7 +96,10 @@ def task_detail(config: FleetConfig, task_id: str) -> dict[str, Any]:
     snap = snapshot(config, store)
     task = snap.taskset.tasks.get(task_id)
     if task is None:
-        raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)
+        bad = next((b for b in snap.taskset.invalid if b.task_id == task_id), None)
+        if bad is None:
+            raise TaskError(f"no task {task_id!r}; `coordinator tasks` lists them", task_id=task_id)
+        return invalid_detail(bad)
     row = next(r for r in snap.rows if r.id == task_id)
     record = snap.records.get(task_id)
     claim = store.read_claim(task_id)
@@ -94,3 +108,19 @@ def task_detail(config: FleetConfig, task_id: str) -> dict[str, Any]:
             "reason": row.reason, "record": record.to_json() if record else None,
             "claim": claim.to_json() if claim else None, "runs_dir": str(runs),
             "run_usage": [read_json(p) for p in sorted(runs.glob("*/usage.json"))]}
+
+
+def invalid_detail(bad: InvalidFile) -> dict[str, Any]:
+    """``show`` of an invalid task: where it is and every problem, in the same shape as a valid one."""
+    problems = [p.error for p in bad.problems()]
+    return {"task": {"id": bad.task_id, "source": bad.path}, "state": str(State.INVALID), "reason": bad.error,
+            "problems": problems, "record": None, "claim": None, "runs_dir": None, "run_usage": []}
+
+
+def needs_attention(rows: list[TaskRow]) -> dict[str, list[dict[str, str | None]]]:
+    """The failed, blocked and invalid tasks by name, with why (what the end-of-run summary lists)."""
+    out: dict[str, list[dict[str, str | None]]] = {"failed": [], "blocked": [], "invalid": []}
+    for row in rows:
+        if row.state in out:
+            out[row.state].append({"id": row.id, "reason": row.reason})
+    return out

@@ -44,7 +44,7 @@ def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
     if gateway.get("unreachable"):
         problems.append("gateway unreachable")
     return {"tasks": snap.counts(), "agents": agents, "gateway": gateway, "stale_claims": stale,
-            "invalid_files": invalid, "healthy": not problems, "problems": problems}
+            "invalid_files": invalid, "healthy": not problems, "problems": problems, "paused": store.is_paused()}
 
 
 def agent_row(data: dict[str, Any], now: float, lease_s: float) -> dict[str, Any]:

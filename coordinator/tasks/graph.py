@@ -28,13 +28,22 @@ _ONE_LINE = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u202
 
 @dataclass(frozen=True)
 class InvalidFile:
-    """One bad file or bad task, with its whole one-line message ("tasks/x.toml:3: priority: ...")."""
+    """One bad file or bad task, with its whole one-line message ("tasks/x.toml:3: priority: ...").
+
+    ``error`` is its first problem; a task with several keeps the others in ``more``
+    (each an InvalidFile of its own line), so it still counts once as invalid.
+    """
 
     path: str
     error: str
     line: int | None = None
     field: str | None = None
     task_id: str | None = None
+    more: tuple[InvalidFile, ...] = ()
+
+    def problems(self) -> tuple[InvalidFile, ...]:
+        """Every problem of this file or task, the first one first."""
+        return (self, *self.more)
 
 
 @dataclass

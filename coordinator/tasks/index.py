@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import FleetConfig
-from .graph import FileResult, TaskSet, build_taskset
+from ..errors import ConfigError
+from ..paths import expand_globs
+from .graph import FileResult, InvalidFile, TaskSet, build_taskset, invalid_entry
 from .parse import TaskFileParser
 
 # Files written this recently may still change within one mtime tick; they are re-read once more.
@@ -102,7 +104,14 @@ def load_tasks(config: FleetConfig) -> TaskSet:
 
 
 def load_paths(config: FleetConfig, paths: list[Path]) -> TaskSet:
-    """Only the given files and folders (for ``coordinator validate PATH...``), resolved among themselves."""
+    """Only the given files and folders (for ``coordinator validate PATH...``), judged within the fleet.
+
+    The fleet's other task files are read too (through the parse cache), so a
+    dependency or a duplicate id defined elsewhere counts; only the given files'
+    tasks and problems are returned.
+    """
+    from .cache import open_index  # noqa: PLC0415  (cache.py imports this module)
+
     parser = TaskFileParser(config)
     found: dict[str, tuple[str, tuple[Any, ...]]] = {}
     for given in paths:
@@ -112,11 +121,60 @@ def load_paths(config: FleetConfig, paths: list[Path]) -> TaskSet:
             found.update(scan_folder(path, shown + "/"))
         else:
             found[shown] = (str(path), stat_key(path))
-    # Path order by real location, so files outside the root interleave as they lie on disk.
-    order = sorted(found, key=lambda source: os.path.abspath(found[source][0]))
+    index = open_index(config)
+    index.refresh()
+    fleet = {source: cached.result for source, cached in index.export()[0].items() if source not in found}
     with no_gc():
-        results = [parser.parse(found[source][0], source, found[source][1]) for source in order]
-        return build_taskset(results, parser.locate)
+        results = {source: parser.parse(where, source, key) for source, (where, key) in found.items()}
+        # Path order by real location, so files outside the root interleave as they lie on disk.
+        where = {**{s: str(parser.root / s) for s in fleet}, **{s: found[s][0] for s in found}}
+        order = sorted({**fleet, **results}, key=lambda source: os.path.abspath(where[source]))
+        whole = build_taskset([results.get(s) or fleet[s] for s in order], parser.locate)
+    return _only(whole, set(found))
+
+
+def _only(whole: TaskSet, sources: set[str]) -> TaskSet:
+    """The part of ``whole`` defined in ``sources``."""
+    tasks = {task_id: task for task_id, task in whole.tasks.items() if task.source in sources}
+    return TaskSet(tasks=tasks, invalid=[bad for bad in whole.invalid if bad.path in sources],
+                   blocked={task_id: why for task_id, why in whole.blocked.items() if task_id in tasks},
+                   dependents=whole.dependents)
+
+
+def context_warnings(config: FleetConfig, taskset: TaskSet) -> list[InvalidFile]:
+    """``context`` and ``shared_context`` patterns that match no file, for the llm runner (``validate``).
+
+    A missing file fails every attempt of an llm task, yet is no error at load
+    time: it may be created before the task runs. So ``validate`` warns, except
+    for a task with dependencies, which may be the ones that write it.
+    """
+    root = Path(config.root).resolve()
+    warnings = []
+    for name, agent in config.agents.items():
+        for pattern in agent.shared_context if agent.kind == "llm" else ():
+            if not _matches(root, pattern):
+                warnings.append(invalid_entry(str(config.config_path), _NO_MATCH.format(pattern=pattern),
+                                              key=f"agents.{name}.shared_context"))
+    for task in taskset.tasks.values():
+        agent = config.agents.get(task.agent or config.fleet.default_agent)
+        if task.depends_on or agent is None or agent.kind != "llm":
+            continue
+        for pattern in task.context:
+            if not _matches(root, pattern):
+                warnings.append(invalid_entry(task.source, _NO_MATCH.format(pattern=pattern), key="context",
+                                              task_id=task.id))
+    return warnings
+
+
+_NO_MATCH = ("pattern {pattern!r} matches no file yet; every attempt of the llm runner fails until it does "
+             "(fix the pattern, create the file, or depend on the task that writes it)")
+
+
+def _matches(root: Path, pattern: str) -> bool:
+    try:
+        return bool(expand_globs(root, [pattern], what="context", missing_ok=True))
+    except ConfigError:
+        return True  # a pattern that escapes the root is an error reported by the parse, not a warning
 
 
 def scan_folder(top: Path, prefix: str, root: Path | None = None) -> dict[str, tuple[str, tuple[Any, ...]]]:

@@ -8,6 +8,7 @@ parse, one ``model_validate``. Line numbers are looked up only for errors.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from pathlib import Path
@@ -20,21 +21,12 @@ from ..errors import ConfigError
 from ..paths import confine, expand_globs
 from .graph import FileResult, InvalidFile, invalid_entry
 from .model import ID_RULE, Task, is_valid_id
-from ..validation import decode_error_line, first_error, header_lines, key_line, toml_error_line, toml_error_reason
+from ..validation import TYPE_FIXES, all_errors, decode_error_line, header_lines, key_line, toml_error_line, toml_error_reason
 
 MAX_FILE_BYTES = 1 << 20
 LOADER_FIELDS = frozenset({"source", "index", "seen_ns"})
 FILE_KEYS = tuple(name for name in Task.model_fields if name not in LOADER_FIELDS)
-# Pydantic's wording for the type errors a hand-written TOML file meets most, made to say the fix.
-_FIXES = {
-    "string_pattern_mismatch": ID_RULE,
-    "string_type": 'must be a string, in quotes: "..."',
-    "int_type": "must be a whole number",
-    "float_type": "must be a number",
-    "bool_type": "must be true or false",
-    "list_type": 'must be a list, e.g. ["a", "b"]',
-    "dict_type": "must be a table, e.g. [vars] or { name = \"value\" }",
-}
+_FIXES = {**TYPE_FIXES, "string_pattern_mismatch": ID_RULE}
 _PROBLEMS = {
     "folder": "is a folder, not a task file; rename it so its name does not end in .toml",
     "special": "is not a regular file; task files must be plain .toml files",
@@ -43,6 +35,7 @@ _PROBLEMS = {
     "outside": "is a symlink that leads outside the fleet root; move what it points at inside, or remove the link",
 }
 Problem = tuple[str, str]  # (field, message)
+Problems = list[Problem]  # every problem of one task, the first one first
 
 
 class TaskFileParser:
@@ -109,47 +102,50 @@ class TaskFileParser:
                   mtime_ns: int, stem: str) -> None:
         """Validate one task table and record it in ``result`` as valid or invalid."""
         task_id = _known_id(raw, stem, result.in_array)
-        task, problem = None, _id_problem(raw, stem, result.in_array)
-        if problem is None:
-            data = raw if "id" in raw else {**raw, "id": stem}
-            task, problem = self._validate(data, result.source, index, mtime_ns)
-        if task is not None:
+        problems = _id_problem(raw, stem, result.in_array)
+        # Validate the rest even when the id is a problem, so every problem is reported in one pass.
+        data = {key: value for key, value in raw.items() if key not in LOADER_FIELDS}
+        data.setdefault("id", stem if not problems else "placeholder")
+        task, more = self._validate(data, result.source, index, mtime_ns)
+        problems += more
+        if not problems:
+            assert task is not None
             result.entries.append((task.id, task))
             return
-        assert problem is not None
-        field, message = problem
         prefix = f"tasks[{index}]." if result.in_array else ""
-        result.invalid.append(invalid_entry(result.source, message, key=prefix + field, task_id=task_id,
-                                            line=field_line(text, field, index, result.in_array)))
+        entries = [invalid_entry(result.source, message, key=prefix + field, task_id=task_id,
+                                 line=field_line(text, field, index, result.in_array)) for field, message in problems]
+        entries.sort(key=lambda entry: entry.line or float("inf"))  # file order; unplaced ones last
+        result.invalid.append(dataclasses.replace(entries[0], more=tuple(entries[1:])))
         if task_id is not None:
             result.entries.append((task_id, None))
 
     def _validate(self, data: dict[str, Any], source: str, index: int,
-                  mtime_ns: int) -> tuple[Task | None, Problem | None]:
+                  mtime_ns: int) -> tuple[Task | None, Problems]:
+        """The task, or every problem it has (pydantic's field errors; else its references')."""
         try:
             task = Task.model_validate({**data, "source": source, "index": index, "seen_ns": mtime_ns})
         except ValidationError as exc:
-            field, message = first_error(exc, fixes=_FIXES, known_keys=FILE_KEYS)
-            more = exc.error_count() - 1
-            if more:
-                message += f" (and {more} more problem{'s' if more > 1 else ''} in this task)"
-            return None, (field, message)
-        problem = self._check_references(task)
-        return (task, None) if problem is None else (None, problem)
+            return None, all_errors(exc, fixes=_FIXES, known_keys=FILE_KEYS)
+        problems = self._check_references(task)
+        return (None, problems) if problems else (task, [])
 
-    def _check_references(self, task: Task) -> Problem | None:
+    def _check_references(self, task: Task) -> Problems:
         """The agent must exist; context globs and workdir must stay inside the fleet root."""
-        try:
-            if task.agent is not None:
-                self.config.agent_named(task.agent)
-            if task.workdir is not None:
-                confine(self.root, task.workdir, what="workdir")
-            if task.context:
-                # missing_ok: a context file may be written by a dependency before this task runs.
-                expand_globs(self.root, list(task.context), what="context", missing_ok=True)
-        except ConfigError as exc:
-            return exc.key or "context", exc.reason
-        return None
+        problems: Problems = []
+        checks = [(task.agent is not None, lambda: self.config.agent_named(task.agent or "")),
+                  (task.workdir is not None, lambda: confine(self.root, task.workdir or "", what="workdir")),
+                  # missing_ok: a context file may be written by a dependency before this task runs
+                  # (`coordinator validate` warns about patterns that match nothing).
+                  (bool(task.context), lambda: expand_globs(self.root, list(task.context), what="context",
+                                                            missing_ok=True))]
+        for applies, check in checks:
+            try:
+                if applies:
+                    check()
+            except ConfigError as exc:
+                problems.append((exc.key or "context", exc.reason))
+        return problems
 
 
 def _read(path: str, source: str, size: int) -> str | InvalidFile:
@@ -197,19 +193,19 @@ def _array_problem(data: dict[str, Any]) -> Problem | None:
     return None
 
 
-def _id_problem(raw: dict[str, Any], stem: str, in_array: bool) -> Problem | None:
+def _id_problem(raw: dict[str, Any], stem: str, in_array: bool) -> Problems:
     """Loader-only keys, and a missing id that the file name cannot stand in for."""
     if not LOADER_FIELDS.isdisjoint(raw):
         reserved = next(key for key in raw if key in LOADER_FIELDS)
-        return reserved, "unknown key (set by the coordinator, not by task files); remove it"
+        return [(reserved, "unknown key (set by the coordinator, not by task files); remove it")]
     if "id" in raw:
-        return None
+        return []
     if in_array:
-        return "id", 'is required when a file holds [[tasks]]; add id = "..." to this task'
+        return [("id", 'is required when a file holds [[tasks]]; add id = "..." to this task')]
     if not is_valid_id(stem):
-        return "id", (f"the file name {stem!r} is not a valid task id ({ID_RULE}); "
-                      'add id = "..." or rename the file')
-    return None
+        return [("id", (f"the file name {stem!r} is not a valid task id ({ID_RULE}); "
+                        'add id = "..." or rename the file'))]
+    return []
 
 
 def _known_id(raw: dict[str, Any], stem: str, in_array: bool) -> str | None:

@@ -1,43 +1,55 @@
-"""The display loop of ``coordinator run``: a rich Live view on a TTY, plain lines otherwise."""
+"""The display loops of ``coordinator run`` (a rich Live view on a TTY, plain lines otherwise) and
+``status --watch`` (redrawn on a TTY; snapshots or JSON lines into a pipe)."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 
 from ..clock import poll
 from ..config import FleetConfig
 from ..gateway.client import read_gateway
-from ..report.events import RecentEvents
+from ..report.events import RecentEvents, agent_notices, since, task_outcomes
+from ..report.rows import needs_attention, snapshot
 from ..report.status import build_status
 from ..store import open_store
-from .dashboard import plain_line, render_dashboard, summary_table
-from .tables import render_status
+from .dashboard import notice_line, outcome_line, plain_line, render_dashboard, summary_table
+from .tables import PIPE_WIDTH, make_console, render_status
 
 PLAIN_EVERY_S = 2.0
 LIVE_EVERY_S = 0.5
+STOP_HINT = "watching tasks/ for new files; Ctrl-C to stop"
 
 
 class FleetDisplay:
-    """Rebuilds the status at most every half second and shows it."""
+    """Rebuilds the status at most every half second and shows it; the summary shows this run's figures."""
 
-    def __init__(self, config: FleetConfig, console: Console | None = None, *, live: bool) -> None:
+    def __init__(self, config: FleetConfig, console: Console | None = None, *, live: bool,
+                 watching: bool = False) -> None:
         self.config = config
-        self.console = console or Console()
+        self.console = console or make_console()
         self.store = open_store(config)
         self.started = time.monotonic()
-        self.live = Live(console=console, refresh_per_second=4, transient=False) if live else None
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False) if live else None
+        self.hint = STOP_HINT if watching else None
         self.events = RecentEvents(self.store)
+        self.baseline = build_status(config, time.time(), store=self.store)  # lifetime totals so far
         self.shown_at = float("-inf")
         self.last_line = ""
 
     def __enter__(self) -> FleetDisplay:
         if self.live is not None:
             self.live.__enter__()
+        elif self.hint is not None:
+            self._print(self.hint)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -50,15 +62,24 @@ class FleetDisplay:
         if not force and time.monotonic() - self.shown_at < every:
             return
         self.shown_at = time.monotonic()
-        status = build_status(self.config, time.time(), store=self.store)
+        snap = snapshot(self.config, self.store)
+        status = build_status(self.config, time.time(), snap=snap, store=self.store)
         events = self.events.refresh()
         if self.live is not None:
-            self.live.update(render_dashboard(status, events, self.elapsed(), self._tokens(status)))
+            self.live.update(render_dashboard(status, events, self.elapsed(), self._tokens(status), hint=self.hint))
             return
-        line = plain_line(status, self.elapsed())
+        for notice in agent_notices(self.events.fresh):
+            self._print(notice_line(notice, self.elapsed()))
+        for outcome in task_outcomes(self.events.fresh, snap.taskset, snap.records):
+            self._print(outcome_line(outcome, self.elapsed()))
+        # The queue's progress is absolute; the gateway's figures are this run's.
+        line = plain_line({**status, "gateway": since(self.baseline, status)["gateway"]}, self.elapsed())
         if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._print(line)
             self.last_line = line
+
+    def _print(self, line: str) -> None:
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def elapsed(self) -> float:
         """Seconds since the fleet started."""
@@ -75,16 +96,49 @@ class FleetDisplay:
         return out
 
     def finish(self) -> dict[str, Any]:
-        """Print the last progress line (plain mode) and the summary table; returns the final status."""
+        """Print the last progress lines (plain mode) and this run's summary; returns the final status."""
         if self.live is None:
             self.update(force=True)
-        status = build_status(self.config, time.time(), store=self.store)
-        self.console.print(summary_table(status, self.elapsed()))
+        snap = snapshot(self.config, self.store)
+        status = build_status(self.config, time.time(), snap=snap, store=self.store)
+        self.console.print(summary_table(since(self.baseline, status), self.elapsed(), needs_attention(snap.rows)))
         return status
 
 
-def watch_status(build: Callable[[], dict[str, Any]], every_s: float) -> None:
-    """``status --watch``: redraw the status report every ``every_s`` until interrupted."""
-    with Live(render_status(build()), refresh_per_second=2) as live:
-        for _ in poll(every_s):
-            live.update(render_status(build()))
+def watch_status(build: Callable[[], dict[str, Any]], every_s: float, *, as_json: bool = False,
+                 out: TextIO | None = None, timeout_s: float | None = None) -> None:
+    """``status --watch``: redraw on a terminal; into a pipe, a snapshot (or a JSON line) every ``every_s``.
+
+    A reader that goes away (``| head``) ends the watch quietly.
+    """
+    out = out or sys.stdout
+    if out.isatty() and not as_json:
+        with Live(render_status(build()), refresh_per_second=2, console=Console(file=out)) as live:
+            for _ in poll(every_s, timeout_s=timeout_s):
+                live.update(render_status(build()))
+        return
+    try:
+        for _ in poll(every_s, timeout_s=timeout_s):
+            report = build()
+            out.write(json.dumps(report, default=str) + "\n" if as_json else snapshot_text(report) + "\n")
+            out.flush()
+    except BrokenPipeError:
+        _silence(out)
+
+
+def snapshot_text(report: dict[str, Any]) -> str:
+    """One status snapshot as plain text, headed by the time it was taken."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=PIPE_WIDTH, color_system=None)
+    parts: list[RenderableType] = [f"-- {time.strftime('%H:%M:%S')}", render_status(report)]
+    for part in parts:
+        console.print(part, markup=False, highlight=False, soft_wrap=isinstance(part, str))
+    return buffer.getvalue().rstrip("\n")
+
+
+def _silence(out: TextIO) -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass

@@ -7,6 +7,7 @@ store, the task files or the clock.
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -20,29 +21,43 @@ STATE_STYLES = {"pending": "white", "blocked": "yellow", "running": "cyan", "don
                 "failed": "red", "invalid": "red", "cancelled": "dim"}
 
 
+PIPE_WIDTH = 1000  # piped output is for logs and grep: never wrapped at a terminal's 80 columns
+
+
+def make_console(out: TextIO | None = None) -> Console:
+    """A console for ``out`` (stdout): the terminal's width on a TTY, unwrapped lines into a pipe."""
+    out = out or sys.stdout
+    return Console(file=out) if out.isatty() else Console(file=out, width=PIPE_WIDTH)
+
+
 ANSI = {"white": "", "yellow": "\x1b[33m", "cyan": "\x1b[36m", "green": "\x1b[32m", "red": "\x1b[31m",
         "dim": "\x1b[2m"}
 
 
 def task_table(rows: list[TaskRow], out: TextIO | None = None, *, color: bool | None = None) -> None:
-    """Tasks as aligned columns, one line each, in priority order.
+    """Tasks as aligned columns, one line each, in priority order (invalid files last).
 
-    Plain formatted lines rather than a rich Table: rich lays out every cell of
-    every row, which takes seconds for 10,000 tasks; this takes milliseconds.
+    AGENT is what the task runs on (its ``[agents.NAME]``); WORKER is the agent
+    process that ran it last. Plain formatted lines rather than a rich Table: rich
+    lays out every cell of every row, which takes seconds for 10,000 tasks; this
+    takes milliseconds.
     """
     out = out or sys.stdout
     color = out.isatty() if color is None else color
-    header = ("ID", "STATE", "PRI", "TRIES", "AGENT", "TITLE / REASON")
-    cells = [(r.id, r.state, str(r.priority), f"{r.attempts}/{r.max_attempts}", r.agent or "-",
-              r.title if not r.reason else f"{r.title} — {r.reason}") for r in rows]
-    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(5)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[5]]
+    header = ("ID", "STATE", "PRI", "TRIES", "AGENT", "WORKER", "TITLE / REASON")
+    cells = [(r.id, r.state, "-" if r.priority is None else str(r.priority),
+              f"{r.attempts}/{r.max_attempts}" if r.max_attempts else "-", r.agent or "-", r.worker or "-",
+              r.title if not r.reason else (f"{r.title} — {r.reason}" if r.title else r.reason)) for r in rows]
+    columns = len(header) - 1
+    widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(columns)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[-1]]
     for cell in cells:
         state = cell[1].ljust(widths[1])
         if color:
             state = f"{ANSI[STATE_STYLES.get(cell[1], 'white')]}{state}\x1b[0m"
         lines.append("  ".join([cell[0].ljust(widths[0]), state, *(c.ljust(w) for c, w in
-                                                                    zip(cell[2:5], widths[2:5]))]) + "  " + cell[5])
+                                                                    zip(cell[2:columns], widths[2:columns]))])
+                     + "  " + cell[-1])
     if not rows:
         lines.append("no tasks")
     out.write("\n".join(lines) + "\n")
@@ -50,28 +65,68 @@ def task_table(rows: list[TaskRow], out: TextIO | None = None, *, color: bool | 
 
 def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
     """A readable view of ``report.rows.task_detail``."""
-    console = console or Console()
+    console = console or make_console()
     task, record = data["task"], data["record"] or {}
     style = STATE_STYLES.get(data["state"], "white")
-    console.print(f"[bold]{task['id']}[/]  [{style}]{data['state']}[/]  priority {task['priority']}  "
+    if data["state"] == "invalid":
+        _invalid_detail(data, console)
+        return
+    console.print(f"[bold]{escape(task['id'])}[/]  [{style}]{data['state']}[/]  priority {task['priority']}  "
                   f"attempts {record.get('attempts', 0)}/{task['max_attempts']}")
     # Everything below holds user text (file names, error output, agent ids): never parse it as markup.
-    console.print(f"source: {task.get('source', '-')}", markup=False)
+    lines = [f"source: {task.get('source', '-')}"]
     if data["reason"]:
-        console.print(f"reason: {data['reason']}", markup=False)
+        lines.append(f"reason: {data['reason']}")
     if task.get("depends_on"):
-        console.print(f"depends on: {', '.join(task['depends_on'])}", markup=False)
+        lines.append(f"depends on: {', '.join(task['depends_on'])}")
     if data["claim"]:
         claim = data["claim"]
-        console.print(f"claimed by {claim['agent']} (pid {claim['pid']}), epoch {claim['epoch']}", markup=False)
-    for entry in record.get("history", []):
-        error = f" — {entry['error']}" if entry.get("error") else ""
-        console.print(f"  attempt {entry['attempt']}: {entry['outcome']} by {entry['agent']}{error}", markup=False)
+        lines.append(f"claimed by {claim['agent']} (pid {claim['pid']}), epoch {claim['epoch']}")
+    lines += [history_line(entry) for entry in record.get("history", [])]
     if record.get("usage"):
-        console.print(f"usage: {record['usage']}", markup=False)
-    console.print(f"runs: {data['runs_dir']}", markup=False)
-    console.print("prompt:", markup=False)
+        lines.append(f"usage: {usage_text(record['usage'])}")
+    lines += [f"runs: {data['runs_dir']}", "prompt:"]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(task["prompt"], markup=False, highlight=False)
+
+
+def _invalid_detail(data: dict[str, Any], console: Console) -> None:
+    console.print(f"[bold]{escape(data['task']['id'] or '-')}[/]  [red]invalid[/]")
+    console.print(f"source: {data['task']['source']}", markup=False, highlight=False, soft_wrap=True)
+    for problem in data.get("problems") or [data["reason"]]:
+        console.print(f"problem: {problem}", markup=False, highlight=False, soft_wrap=True)
+    console.print("fix the file; `coordinator validate` checks it", markup=False, highlight=False)
+
+
+def history_line(entry: dict[str, Any]) -> str:
+    """``  attempt 2 (run 5): failed by agent-1 at 2026-05-01 12:00:03 (4.2s) — error``; run N is ``logs --run N``."""
+    finished, started = entry.get("finished_at"), entry.get("started_at")
+    when = f" at {datetime.fromtimestamp(finished).strftime('%Y-%m-%d %H:%M:%S')}" if finished else ""
+    took = f" ({finished - started:.1f}s)" if finished and started else ""
+    error = f" — {entry['error']}" if entry.get("error") else ""
+    run = f" (run {entry['epoch']})" if entry.get("epoch") else ""
+    return f"  attempt {entry.get('attempt', '?')}{run}: {entry.get('outcome', '?')} by {entry.get('agent', '?')}" \
+           f"{when}{took}{error}"
+
+
+def usage_text(usage: dict[str, Any]) -> str:
+    """``1,234 in / 567 out tokens, cache 890 read / 111 written, $0.0123 (saved $0.0456), 3 requests``."""
+    def count(key: str) -> str:
+        return f"{int(usage.get(key, 0) or 0):,}"
+
+    text = f"{count('input_tokens')} in / {count('output_tokens')} out tokens"
+    if usage.get("cache_read_tokens") or usage.get("cache_write_tokens") or usage.get("cache_read_input_tokens"):
+        read = usage.get("cache_read_tokens", usage.get("cache_read_input_tokens", 0))
+        written = usage.get("cache_write_tokens", usage.get("cache_creation_input_tokens", 0))
+        text += f", cache {int(read or 0):,} read / {int(written or 0):,} written"
+    if "usd" in usage:
+        text += f", ${float(usage['usd'] or 0):.4f}"
+        if usage.get("usd_saved"):
+            text += f" (saved ${float(usage['usd_saved']):.4f})"
+    if usage.get("requests"):
+        text += f", {count('requests')} request(s)"
+    return text
 
 
 def render_status(status: dict[str, Any]) -> RenderableType:
@@ -83,6 +138,8 @@ def render_status(status: dict[str, Any]) -> RenderableType:
                           f"{claim['reason']}, {claim['age_s']}s)", style="yellow"))
     for bad in status["invalid_files"]:
         parts.append(Text(f"invalid: {bad['error']}", style="red"))
+    if status.get("paused"):
+        parts.append(Text("paused: agents claim no new task (`coordinator resume` to continue)", style="yellow"))
     health = "healthy" if status["healthy"] else "unhealthy: " + "; ".join(status["problems"])
     parts.append(Text(health, style="green" if status["healthy"] else "bold red"))
     return Group(*parts)
@@ -125,4 +182,4 @@ def gateway_line(gateway: dict[str, Any]) -> Text:
 
 def print_status(status: dict[str, Any], console: Console | None = None) -> None:
     """Print the rendered report."""
-    (console or Console()).print(render_status(status))
+    (console or make_console()).print(render_status(status))
