@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,11 @@ except OSError as exc:
     found["environ"] = "denied: " + type(exc).__name__
 found["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 found["records"] = os.listdir(os.path.join(state, "records")) if os.path.isdir(os.path.join(state, "records")) else []
-found["root_writable"] = os.access("/usr", os.W_OK) and not os.path.ismount("/usr")
-try:
-    open("/usr/coordinator-sandbox-probe", "w").close()
-    found["wrote_usr"] = True
+try:  # a folder on the root filesystem, outside the workdir and /tmp, that the test made for this
+    open(os.path.join(OUTSIDE, "written.txt"), "w").close()
+    found["wrote_outside"] = True
 except OSError:
-    found["wrote_usr"] = False
+    found["wrote_outside"] = False
 open("made-here.txt", "w").write("hello")
 print(json.dumps(found))
 '''
@@ -61,14 +61,22 @@ def sandbox_fleet(make_fleet, sandbox: str) -> Path:
     return root
 
 
-def run_probe(root: Path) -> dict:
+def outside_folder() -> Path:
+    """A fresh folder on the root filesystem beside the venv (not under /tmp, which the sandbox replaces)."""
+    folder = Path(sys.prefix) / f"sandbox-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    return folder
+
+
+def run_probe(root: Path, outside: Path) -> dict:
     gateway = subprocess.Popen(coordinator_argv("-C", str(root), "gateway"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=subprocess_env(ANTHROPIC_API_KEY="sk-ant-canary-0042"))
     try:
         wait_for(lambda: (root / ".coordinator" / "gateway.json").exists(), what="gateway.json")
         (root / "tasks" / "peek.toml").write_text('prompt = "look around"\n')
         # The probe is told the gateway's pid through its task id slot: a file, so the argv stays fixed.
-        (root / "probe.py").write_text(PROBE.replace("int(sys.argv[2])", str(gateway.pid)))
+        probe = PROBE.replace("int(sys.argv[2])", str(gateway.pid)).replace("OUTSIDE", repr(str(outside)))
+        (root / "probe.py").write_text(probe)
         result = run_cli(root, "agent", "--until-empty", timeout=60)
         assert result.returncode == 0, result.stderr
     finally:
@@ -82,21 +90,30 @@ def run_probe(root: Path) -> dict:
 @needs_bwrap
 def test_a_sandboxed_agent_reads_neither_the_fleet_token_nor_other_environs(make_fleet) -> None:
     root = sandbox_fleet(make_fleet, "bwrap")
-    found = run_probe(root)
+    outside = outside_folder()
+    try:
+        found = run_probe(root, outside)
+        assert not (outside / "written.txt").exists()
+    finally:
+        shutil.rmtree(outside)
     assert found["gateway_json"].startswith("denied"), "the state folder is not mounted in the sandbox"
     assert found["environ"].startswith("denied") and "canary" not in found["environ"]
     assert found["records"] == [], "other tasks' records are not visible"
     assert max(found["pids"]) < 10, f"own PID namespace: only the sandbox's processes, saw {found['pids']}"
-    assert found["wrote_usr"] is False, "the root filesystem is read-only"
+    assert found["wrote_outside"] is False, "the root filesystem is read-only"
     assert (root / "made-here.txt").read_text() == "hello", "the workdir is writable"
-    assert not Path("/usr/coordinator-sandbox-probe").exists()
 
 
 @needs_bwrap
 def test_the_same_agent_unsandboxed_sees_both(make_fleet) -> None:
     """The control: without the sandbox the probe reads gateway.json and sees the gateway's pid."""
     root = sandbox_fleet(make_fleet, "none")
-    found = run_probe(root)
+    outside = outside_folder()
+    try:
+        found = run_probe(root, outside)
+        assert (outside / "written.txt").exists() and found["wrote_outside"] is True
+    finally:
+        shutil.rmtree(outside)
     assert '"token"' in found["gateway_json"]
     assert len(found["pids"]) > 10
 
