@@ -21,7 +21,7 @@ from ..config import FleetConfig
 from .graph import TaskSet
 from .index import TaskIndex, no_gc
 
-FORMAT = 1
+FORMAT = 2  # 2: InvalidFile.more and symlinks leading outside the root
 
 
 def cache_path(config: FleetConfig) -> Path:
