@@ -99,7 +99,8 @@ def validate(ctx: typer.Context, paths: Annotated[list[Path] | None, typer.Argum
     """Check fleet.toml and task files; exit 2 if anything is invalid, naming file, line, field and fix.
 
     Every problem is reported in one pass. Warnings (a context pattern that matches
-    no file yet) do not change the exit code.
+    no file yet, a shell script built from task text, a sandbox without bwrap) do
+    not change the exit code.
     """
     from .tasks import load_paths, load_tasks  # noqa: PLC0415
     from .tasks.index import context_warnings  # noqa: PLC0415
@@ -109,8 +110,12 @@ def validate(ctx: typer.Context, paths: Annotated[list[Path] | None, typer.Argum
         config = _ctx(ctx, root).config()
     except CoordinatorError as err:
         raise typer.Exit(print_config_problems(getattr(err, "problems", [err]), as_json=as_json)) from err
+    from .runners import agent_warnings  # noqa: PLC0415
+    from .tasks.graph import invalid_entry  # noqa: PLC0415
+
     taskset = load_paths(config, [p.resolve() for p in paths]) if paths else load_tasks(config)
-    print_validation(taskset, context_warnings(config, taskset), as_json=as_json)
+    agents = [invalid_entry(str(config.config_path), message, key=key) for key, message in agent_warnings(config)]
+    print_validation(taskset, agents + context_warnings(config, taskset), as_json=as_json)
     raise typer.Exit(2 if taskset.invalid else 0)
 
 

@@ -128,3 +128,27 @@ def test_a_missing_bwrap_fails_the_attempt_with_the_fix(make_fleet, tmp_path: Pa
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error = record(root, "peek")["last_error"]
     assert "bwrap is not installed" in error and "apt-get install bubblewrap" in error
+
+
+def test_validate_warns_about_a_shell_script_built_from_task_text_and_a_sandbox_without_bwrap(
+        make_fleet, tmp_path: Path) -> None:
+    root = make_fleet("""
+        [agents.risky]
+        kind = "command"
+        command = ["sh", "-c", "echo {prompt} > {output_file}"]
+        [agents.safe]
+        kind = "command"
+        command = ["sh", "-c", "echo \\"$1\\" > \\"$2\\"", "sh", "{prompt}", "{output_file}"]
+        [agents.boxed]
+        kind = "command"
+        sandbox = "bwrap"
+        command = ["true"]
+    """)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = run_cli(root, "validate", "--json", env=subprocess_env(PATH=str(bare)))
+    assert result.returncode == 0, "warnings do not fail validate"
+    warnings = {w["field"]: w["error"] for w in json.loads(result.stdout)["warnings"]}
+    assert set(warnings) == {"agents.risky.command", "agents.boxed.sandbox"}
+    assert "{prompt}, {output_file}" in warnings["agents.risky.command"]
+    assert "apt-get install bubblewrap" in warnings["agents.boxed.sandbox"]

@@ -104,3 +104,21 @@ def check_acceptance(ctx: RunContext, remaining_s: float) -> str | None:
     if result.ok:
         return None
     return f"acceptance {ctx.task.acceptance[0]!r} {result.describe()} (see {log.name})"
+
+
+def agent_warnings(config: FleetConfig) -> list[tuple[str, str]]:
+    """(fleet.toml key, message) for agent settings that will misbehave at run time (``validate``)."""
+    from .command import shell_script_placeholders  # noqa: PLC0415
+    from .sandbox import INSTALL_HINT, bwrap_path  # noqa: PLC0415
+
+    found = []
+    for name, agent in config.agents.items():
+        risky = shell_script_placeholders(agent.command) if agent.kind == "command" else []
+        if risky:
+            found.append((f"agents.{name}.command", f"the shell script after -c contains {', '.join(risky)}, so task "
+                          "text becomes shell syntax; pass it after the script and use $1 there instead: "
+                          "[\"sh\", \"-c\", \"echo \\\"$1\\\"\", \"sh\", \"{prompt}\"]"))
+        if agent.sandbox == "bwrap" and bwrap_path() is None:
+            found.append((f"agents.{name}.sandbox", f"bwrap is not installed, so every task of this agent fails; "
+                          f"{INSTALL_HINT}"))
+    return found

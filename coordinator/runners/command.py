@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from pathlib import Path
 
 from ..errors import ConfigError
 from . import RunContext, RunResult, check_acceptance
@@ -70,3 +71,20 @@ def run(ctx: RunContext) -> RunResult:
     remaining = ctx.timeout_s - (time.monotonic() - started)
     error = check_acceptance(ctx, remaining)
     return RunResult(error is None, error)
+
+
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "busybox"})
+
+
+def shell_script_placeholders(argv: list[str]) -> list[str]:
+    """Placeholders inside the script of a ``sh -c SCRIPT`` argv: task text would become shell syntax.
+
+    Passing them as arguments after the script (``sh -c 'cat "$1"' sh {prompt}``)
+    is safe, so only the script itself is looked at.
+    """
+    programs = [Path(arg).name for arg in argv[:2]]
+    if not SHELLS.intersection(programs) or "-c" not in argv:
+        return []
+    script_at = argv.index("-c") + 1
+    script = argv[script_at] if script_at < len(argv) else ""
+    return [match.group(0) for match in PLACEHOLDER.finditer(script)]
