@@ -262,9 +262,11 @@ def gateway(ctx: typer.Context, port: Annotated[int | None, typer.Option(
         help="Port on 127.0.0.1 (default: [gateway].port, 0 = any free port).")] = None,
         root: RootOpt = None) -> None:
     """Serve the shared inference gateway until Ctrl-C; writes .coordinator/gateway.json."""
+    from .fleet.keeper import require_no_gateway  # noqa: PLC0415
     from .gateway.server import serve_forever  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
+    require_no_gateway(config)
     serve_forever(config, dict(os.environ), port=port,
                   on_ready=lambda gw: typer.echo(f"gateway listening on {gw.url} "
                                                  f"(url and token in {config.state_dir / 'gateway.json'})"))

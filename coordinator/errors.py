@@ -7,7 +7,7 @@
     ├── TaskError(task_id)              unknown id, invalid state change
     ├── ClaimLostError(task, epoch)     fencing: someone else holds the task now
     ├── StateError(path)                the state folder cannot be written (disk full, read-only)
-    ├── FleetRunningError(pid)          a second `coordinator run` in a fleet root that has one
+    ├── FleetRunningError(pid)          a second `coordinator run` (or gateway) in a fleet root that has one
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
     └── BackendError(backend)
         ├── RetryableError(retry_after_s)
@@ -89,11 +89,12 @@ class FleetRunningError(CoordinatorError):
 
     exit_code = 2
 
-    def __init__(self, root: Path | str, pid: int | None) -> None:
+    def __init__(self, root: Path | str, pid: int | None, *, what: str = "a fleet",
+                 hint: str = "watch it with `coordinator status`, add workers with `coordinator agent`, "
+                             "or stop it before starting another") -> None:
         self.pid = pid
         who = f" (pid {pid})" if pid else ""
-        super().__init__(f"a fleet is already running in {root}{who}; watch it with `coordinator status`, "
-                         "add workers with `coordinator agent`, or stop it before starting another")
+        super().__init__(f"{what} is already running in {root}{who}; {hint}")
 
 
 class BudgetError(CoordinatorError):

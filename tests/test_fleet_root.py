@@ -42,3 +42,24 @@ def test_dash_c_walks_up_from_the_folder_it_names(make_fleet) -> None:
     result = run_in(Path("/"), "-C", str(root / "tasks"), "tasks", "--json")
     assert result.returncode == 0, result.stderr
     assert '"id": "a"' in result.stdout
+
+
+def test_a_second_gateway_in_one_root_is_refused_and_the_first_keeps_serving(make_fleet) -> None:
+    from tests.conftest import coordinator_argv, subprocess_env
+    from tests.procs import wait_for
+
+    root = make_fleet()
+    first = subprocess.Popen(coordinator_argv("-C", str(root), "gateway"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        state = root / ".coordinator" / "gateway.json"
+        wait_for(lambda: state.exists(), what="the first gateway's gateway.json")
+        before = state.read_bytes()
+        second = run_in(root, "gateway")
+        assert second.returncode == 2
+        assert second.stderr.startswith("error: a gateway (http://127.0.0.1:") and "already running" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and second.stderr.count("\n") == 1
+        assert state.read_bytes() == before and first.poll() is None
+    finally:
+        first.terminate()
+        first.wait(timeout=30)

@@ -42,6 +42,14 @@ def hold_fleet(config: FleetConfig) -> FileLock:
     return lock
 
 
+def require_no_gateway(config: FleetConfig) -> None:
+    """``coordinator gateway`` serves a fleet that has none: a second one would replace gateway.json."""
+    info = read_gateway(config)
+    if info is not None and info.is_healthy():
+        raise FleetRunningError(config.root, info.pid, what=f"a gateway ({info.url})",
+                                hint="`coordinator run` and agents use it as it is; stop it to start another")
+
+
 class GatewayKeeper:
     """Reuses a healthy gateway, else runs one embedded; starts one again whenever it is gone."""
 
