@@ -140,6 +140,7 @@ class LockedStore(Store):
             record.state = transition("land", claim.task, record.state, State.DONE)
             record.last_error, record.finished_at, record.retry_at = None, self.now(), None
             _note_workspace(record, {**(extra or {}), "landed": landed})
+            record.file_hash = (extra or {}).get("file_hash", record.file_hash)
             record.history.append(self._history(claim, "landed", None, extra))
             self._put_record(record)
             self._drop_claim(claim.task)
