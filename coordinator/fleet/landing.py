@@ -169,8 +169,7 @@ class ClaimWorkspace:
         if ws is None:
             return
         if self.landed:
-            wt.remove_worktree(ws.repo, ws.path)
-            wt.delete_branch(ws.repo, ws.branch)
+            wt.remove_worktree(ws.repo, ws.path, branch=ws.branch)
             return
         ref = wt.salvage(ws, f"salvage: {self.task.id} at epoch {self.claim.epoch}")
         wt.remove_worktree(ws.repo, ws.path)

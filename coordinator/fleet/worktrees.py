@@ -222,13 +222,15 @@ def move_target(repo: Path, target: str, new: str, old: str) -> tuple[str | None
     return None, f"cannot fast-forward {checkout}: {last}; clean it and the landing proceeds"
 
 
-def remove_worktree(repo: Path, path: Path) -> None:
-    """Remove a worktree git knows (its changes must be saved first) and forget it."""
+def remove_worktree(repo: Path, path: Path, *, branch: str | None = None) -> None:
+    """Remove a worktree git knows (its changes must be saved first), and its landed ``branch``."""
     with repo_lock(repo):
         git(["worktree", "remove", "--force", str(path)], cwd=repo, check=False)
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
         git(["worktree", "prune"], cwd=repo, check=False)
+        if branch is not None:
+            git(["branch", "-D", "--quiet", branch], cwd=repo)
 
 
 def salvage(ws: Workspace, message: str) -> str | None:
@@ -248,8 +250,9 @@ def salvage(ws: Workspace, message: str) -> str | None:
 
 
 def delete_branch(repo: Path, branch: str) -> None:
-    """Delete a branch whose work has landed (or is kept under a salvage ref)."""
-    git(["branch", "-D", "--quiet", branch], cwd=repo, check=False)
+    """Delete a branch whose work has landed, under the repository lock (ref updates race too)."""
+    with repo_lock(repo):
+        git(["branch", "-D", "--quiet", branch], cwd=repo)
 
 
 def diff_text(repo: Path, base: str, tip: str, limit: int) -> str:

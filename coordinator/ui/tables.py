@@ -69,6 +69,10 @@ def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"  attempt {entry['attempt']}: {entry['outcome']} by {entry['agent']}{error}", markup=False)
     if record.get("usage"):
         console.print(f"usage: {record['usage']}", markup=False)
+    if record.get("branch"):  # workspaces
+        console.print(f"branch {record['branch']}  base {str(record.get('base'))[:12]}  tip {str(record.get('tip'))[:12]}"
+                      f"  landed {str(record.get('landed') or '-')[:12]}  conflicts {record.get('conflicts', 0)}",
+                      markup=False)
     console.print(f"runs: {data['runs_dir']}", markup=False)
     console.print("prompt:", markup=False)
     console.print(task["prompt"], markup=False, highlight=False)
@@ -78,6 +82,8 @@ def render_status(status: dict[str, Any]) -> RenderableType:
     """The status report as rich renderables (queue, agents, gateway, problems)."""
     parts: list[RenderableType] = [queue_line(status["tasks"]), agents_table(status["agents"]),
                                    gateway_line(status["gateway"])]
+    if "merge_queue" in status:
+        parts.append(merge_queue_line(status["merge_queue"]))
     for claim in status["stale_claims"]:
         parts.append(Text(f"stale claim: {claim['task']} held by {claim['agent']} (pid {claim['pid']}, "
                           f"{claim['reason']}, {claim['age_s']}s)", style="yellow"))
@@ -86,6 +92,18 @@ def render_status(status: dict[str, Any]) -> RenderableType:
     health = "healthy" if status["healthy"] else "unhealthy: " + "; ".join(status["problems"])
     parts.append(Text(health, style="green" if status["healthy"] else "bold red"))
     return Group(*parts)
+
+
+def merge_queue_line(queue: dict[str, Any]) -> Text:
+    """``merge queue  waiting 1  gating t3  landed 12  conflicts 2  last t9 (abc1234)``, and why it is held."""
+    text = Text(f"merge queue  waiting {queue['waiting']}  gating {queue['gating'] or '-'}  landed {queue['landed']}"
+                f"  conflicts {queue['conflicts']}")
+    last = queue.get("last_landed")
+    if last:
+        text.append(f"  last {last['task']} ({str(last['commit'])[:7]})")
+    if queue.get("held"):
+        text.append(f"\nheld: {queue['held']['task']}: {queue['held']['reason']}", style="yellow")
+    return text
 
 
 def queue_line(counts: dict[str, int]) -> Text:
