@@ -69,7 +69,7 @@ class ClaimWorkspace:
         """What a runner in this worktree is told."""
         assert self.ws is not None
         return {"COORDINATOR_WORKTREE": str(self.ws.path), "COORDINATOR_BRANCH": self.ws.branch,
-                "COORDINATOR_BASE": self.ws.base}
+                "COORDINATOR_BASE": self.ws.base, "COORDINATOR_TASK_ID": self.task.id}
 
     def commit(self) -> str | None:
         """Commit what the runner left (hooks on) before acceptance runs; None, or why it failed."""
