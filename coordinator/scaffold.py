@@ -42,7 +42,13 @@ shared_context = ["context/*.md"]   # every task sees these first: the shared, c
 
 # [agents.claude]                   # Claude Code through the gateway
 # kind = "command"
-# command = ["claude", "-p", "{prompt}", "--output-format", "json"]
+# command = ["claude", "-p", "{prompt}", "--output-format", "json",
+#            "--permission-mode", "acceptEdits"]   # headless editing needs acceptEdits (or --allowedTools)
+
+# [workspace]                       # each claim in its own git worktree (docs/workspaces.md)
+# mode = "worktree"
+# target = "main"
+# gates = [["pytest", "-q"]]
 '''
 
 CONTEXT = '''# Project notes
