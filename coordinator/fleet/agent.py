@@ -32,7 +32,7 @@ from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
 from .homes import config_dir_env
-from .landing import ClaimWorkspace, carry_conflict
+from .landing import ClaimWorkspace, carry_conflict, open_workspace
 from .notes import Notes
 from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
 
@@ -161,23 +161,30 @@ class Agent:
         self.space, self.settled = None, None
         try:
             agent = self.config.agent_named(agent_name)
-            root = self._open_workspace(task, claim, agent)
+            self.space = open_workspace(self.config, self.store, task, claim, agent,
+                                        run=run_dir(self.config, task.id, claim.epoch), env=self.env,
+                                        should_stop=self._should_stop, on_phase=self._on_phase)
+            root = self.space.path if self.space else self.config.root
             workdir = confine(root, task.workdir or ".", what="workdir")
             if self.space is None and workdir.is_relative_to(self.config.state_dir.resolve()):
                 raise ConfigError(f"{task.workdir!r} is inside the state folder; use a folder of your own",
                                   key="workdir")
             workdir_fd = open_workdir(root, task.workdir or ".")
         except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
-            self._close_workspace()
+            if self.space is not None:
+                self.space.close_or_warn(self.notes.warn)
             return RunResult(False, str(exc))
         try:
             ctx = self._context(task, claim, agent_name, agent, workdir, workdir_fd)
             result = get_runner(agent.kind)(ctx)
-            if self.space is not None and result.ok:
-                result = self._integrate(ctx)
+            if self.space is not None and result.ok:  # precheck, gate and land, fenced by the store
+                settled = self.space.settle(dict(ctx.env), self._shutdown_reason, self._on_spawn, extra={
+                    "file_hash": task_hash(task), "run_ms": round(self.run_ms, 3)})
+                result, self.settled, self.lost = settled.result, settled.record, self.lost or settled.lost
         finally:
             os.close(workdir_fd)
-            self._close_workspace()
+            if self.space is not None:
+                self.space.close_or_warn(self.notes.warn)
         if ctx.gateway_token is not None:
             result.usage = self._usage(task) or result.usage
         return result
@@ -203,40 +210,6 @@ class Agent:
                           after_work=self.space.commit if self.space else None)
 
     # -- workspaces (docs/workspaces.md) ----------------------------------------
-
-    def _open_workspace(self, task: Task, claim: Claim, agent: AgentConfig) -> Path:
-        """The folder the runner works in: a new worktree for this claim, or the fleet root (shared)."""
-        if self.config.workspace.mode != "worktree" or agent.workspace == "shared":
-            return self.config.root
-        run = run_dir(self.config, task.id, claim.epoch)
-        self.space = ClaimWorkspace(self.config, self.store, task, claim, run=run, on_phase=self._on_phase)
-        error = self.space.open(self.env, self._should_stop)
-        if error is not None:
-            raise CoordinatorError(error)
-        return self.space.path
-
-    def _integrate(self, ctx: RunContext) -> RunResult:
-        """Precheck, gate and land the committed work; a landing refused by fencing discards it."""
-        assert self.space is not None
-        try:
-            settled = self.space.integrate(dict(ctx.env), self._shutdown_reason, self._on_spawn,
-                                           extra={"file_hash": task_hash(ctx.task), "run_ms": round(self.run_ms, 3)})
-        except ClaimLostError as exc:  # a stale claim never lands: the store refused and logged it
-            self.lost = str(exc)
-            return RunResult(False, str(exc))
-        except CoordinatorError as exc:
-            return RunResult(False, f"landing failed: {exc}")
-        self.settled = settled.record
-        return settled.result
-
-    def _close_workspace(self) -> None:
-        """Remove the claim's worktree, salvaging anything unlanded; a failure here is a warning."""
-        if self.space is None:
-            return
-        try:
-            self.space.close()
-        except (CoordinatorError, OSError) as exc:
-            self.notes.warn(f"{exc}; `coordinator gc` removes the worktree later, keeping its work")
 
     def _on_phase(self, phase: str, info: dict[str, Any]) -> None:
         """Show where this agent's landing is (gating, landing, held and why) in its heartbeat file."""

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..clock import poll
-from ..config import FleetConfig
-from ..errors import GitError
+from ..config import AgentConfig, FleetConfig
+from ..errors import ClaimLostError, CoordinatorError, GitError
 from ..runners import RunResult
 from ..store import Claim, Record, Store
 from ..tasks import Task
@@ -39,6 +39,25 @@ class Settled:
 
     result: RunResult
     record: Record | None = None
+    lost: str | None = None  # the store refused the landing: this claim is no longer live
+
+
+def open_workspace(config: FleetConfig, store: Store, task: Task, claim: Claim, agent: AgentConfig, *, run: Path,
+                   env: dict[str, str], should_stop: Callable[[], str | None], on_phase: Phase
+                   ) -> ClaimWorkspace | None:
+    """The claim's new worktree, ready to run in; None when the agent works in the primary checkout."""
+    if config.workspace.mode != "worktree" or agent.workspace == "shared":
+        return None
+    space = ClaimWorkspace(config, store, task, claim, run=run, on_phase=on_phase)
+    try:
+        error = space.open(env, should_stop)
+    except CoordinatorError:
+        space.close()
+        raise
+    if error is not None:
+        space.close()
+        raise CoordinatorError(error)
+    return space
 
 
 class ClaimWorkspace:
@@ -83,6 +102,16 @@ class ClaimWorkspace:
     def fields(self) -> dict[str, Any]:
         """The record's workspace fields for this attempt."""
         return self.ws.fields() if self.ws is not None else {}
+
+    def settle(self, env: dict[str, str], should_stop: Callable[[], str | None],
+               on_spawn: Callable[[int], None] | None, extra: dict[str, Any] | None = None) -> Settled:
+        """``integrate``, with a refused landing and a git failure turned into the attempt's outcome."""
+        try:
+            return self.integrate(env, should_stop, on_spawn, extra)
+        except ClaimLostError as exc:  # a stale claim never lands: the store refused and logged it
+            return Settled(RunResult(False, str(exc)), lost=str(exc))
+        except CoordinatorError as exc:
+            return Settled(RunResult(False, f"landing failed: {exc}"))
 
     def integrate(self, env: dict[str, str], should_stop: Callable[[], str | None],
                   on_spawn: Callable[[int], None] | None, extra: dict[str, Any] | None = None) -> Settled:
@@ -162,6 +191,13 @@ class ClaimWorkspace:
         path = self.run / "conflict.md"
         path.write_text("\n".join(parts)[:CONFLICT_BYTES] + "\n", encoding="utf-8")
         return path
+
+    def close_or_warn(self, warn: Callable[[str], None]) -> None:
+        """``close``; a failure is a warning, since ``coordinator gc`` finishes the job later."""
+        try:
+            self.close()
+        except (CoordinatorError, OSError) as exc:
+            warn(f"{exc}; `coordinator gc` removes the worktree later, keeping its work")
 
     def close(self) -> None:
         """Remove the worktree: a landed branch goes, anything unlanded is kept under a salvage ref first."""
