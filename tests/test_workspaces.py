@@ -145,3 +145,18 @@ def test_a_dirty_user_checkout_holds_the_landing_until_it_is_committed(tmp_path:
     assert (root / "out-u.txt").read_text() == "u\n" and (root / "README").read_text() == "the user's unsaved edit\n"
     report = json.loads(run_cli(root, "status", "--json").stdout)
     assert report["merge_queue"]["landed"] == 1 and report["merge_queue"]["last_landed"]["task"] == "u"
+
+
+def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE)
+    add_tasks(root, ["r1", "r2", "r3", "r4"])
+    result = run_cli(root, "run", "-n", "2", "--until-empty", "--no-dashboard", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    queue = json.loads(run_cli(root, "status", "--json").stdout)["merge_queue"]
+    assert set(queue) == {"waiting", "gating", "held", "landed", "conflicts", "last_landed"}
+    assert (queue["waiting"], queue["gating"], queue["held"], queue["landed"], queue["conflicts"]) == \
+        (0, None, None, 4, 0)
+    assert queue["last_landed"]["commit"] == git(root, "rev-parse", "main")
+    shown = run_cli(root, "show", "r1").stdout
+    assert "branch coordinator/r1/e1" in shown and "conflicts 0" in shown
+    assert worktrees(root) == [str(root)] and branches(root) == []

@@ -31,6 +31,7 @@ from ..runners import RunContext, RunResult, get_runner
 from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
+from .gc import salvage_reclaimed
 from .homes import config_dir_env
 from .landing import ClaimWorkspace, carry_conflict, open_workspace
 from .notes import Notes
@@ -331,17 +332,7 @@ class Agent:
         self._reaped_at = now
         tasks = self.view.taskset.tasks
         reaped = self.book.reap_stale(lambda tid: tasks[tid].max_attempts if tid in tasks else 1)
-        if reaped and self.config.workspace.mode == "worktree":
-            self._salvage_orphans(set(reaped))
-
-    def _salvage_orphans(self, task_ids: set[str]) -> None:
-        """A takeover saves the old worktree's work under a salvage ref before anything else touches it."""
-        from .gc import collect  # noqa: PLC0415
-
-        try:
-            collect(self.config, self.store, only=task_ids)
-        except (CoordinatorError, OSError) as exc:
-            self.notes.warn(f"{exc}; run `coordinator gc` to salvage the reclaimed worktrees")
+        salvage_reclaimed(self.config, self.store, reaped, self.notes.warn)
 
     def _on_spawn(self, pid: int) -> None:
         self.child_pid = pid  # written into the claim by the next heartbeat

@@ -10,10 +10,12 @@ tasks they just reclaimed, so a takeover salvages the old worktree at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..config import FleetConfig
+from ..errors import CoordinatorError
 from ..queue.claims import stale_reason
 from ..store import Store
 from . import worktrees as wt
@@ -46,6 +48,17 @@ def collect(config: FleetConfig, store: Store, *, only: set[str] | None = None,
         if not dry_run:
             git(["worktree", "prune"], cwd=repo, check=False)
     return report
+
+
+def salvage_reclaimed(config: FleetConfig, store: Store, task_ids: Iterable[str], warn: Callable[[str], None]) -> None:
+    """After a takeover (agent or supervisor): the old worktrees' work goes to salvage before anything else."""
+    only = set(task_ids)
+    if not only or config.workspace.mode != "worktree":
+        return
+    try:
+        collect(config, store, only=only)
+    except (CoordinatorError, OSError) as exc:
+        warn(f"{exc}; run `coordinator gc` to salvage the reclaimed worktrees")
 
 
 def registered(repo: Path, root: Path) -> list[Path]:
