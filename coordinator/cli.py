@@ -249,9 +249,11 @@ def agent(ctx: typer.Context,
           root: RootOpt = None) -> None:
     """Run one agent process: claim tasks, run them, record the outcome."""
     from .fleet.agent import Agent, default_agent_id  # noqa: PLC0415
+    from .fleet.gitrepo import check_workspace  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     require_agent(config, agent_name)
+    check_workspace(config)
     worker = Agent(config, agent_id or default_agent_id(), env=dict(os.environ), until_empty=until_empty,
                    agent_override=agent_name, supervisor_pid=supervisor)
     raise typer.Exit(worker.run())
@@ -290,10 +292,12 @@ def run(ctx: typer.Context,
     Exit 0 when every task is done; 1 when any failed, is blocked or invalid (or is
     left pending); 2 for bad input; 130 after Ctrl-C.
     """
+    from .fleet.gitrepo import check_workspace  # noqa: PLC0415
     from .fleet.supervisor import FleetOptions, run_fleet  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     require_agent(config, agent_name)
+    check_workspace(config)
     options = FleetOptions(agents=agents or config.fleet.agents,
                            until_empty=until_empty if until_empty is not None else not sys.stdin.isatty(),
                            agent_override=agent_name, env=dict(os.environ))
@@ -356,6 +360,32 @@ def logs(ctx: typer.Context, task_id: Annotated[str, typer.Argument(metavar="ID"
     for chunk in chunks:
         sys.stdout.write(chunk)
         sys.stdout.flush()
+
+
+@app.command()
+def gc(ctx: typer.Context, dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; "
+                                                                "change nothing.")] = False,
+       as_json: JsonOpt = False, root: RootOpt = None) -> None:
+    """Remove orphaned worktrees (salvaging their work first) and landed branches, then prune."""
+    from .fleet.gc import collect  # noqa: PLC0415
+    from .fleet.gitrepo import check_workspace  # noqa: PLC0415
+    from .store import open_store  # noqa: PLC0415
+
+    config = _ctx(ctx, root).config()
+    if config.workspace.mode != "worktree":
+        raise typer.Exit(0)  # shared mode makes no worktrees: nothing to collect
+    check_workspace(config)
+    report = collect(config, open_store(config), dry_run=dry_run)
+    if as_json:
+        print_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for path in report["removed"]:
+        typer.echo(f"{verb} {path}")
+    for item in report["salvaged"]:
+        typer.echo(f"salvaged {item['task']} (epoch {item['epoch']}) to {item['ref']}")
+    for branch in report["branches_deleted"]:
+        typer.echo(f"{'would delete' if dry_run else 'deleted'} branch {branch}")
 
 
 @app.command()

@@ -62,6 +62,35 @@ class GatewaySection(_Strict):
         return value
 
 
+class WorkspaceSection(_Strict):
+    """The ``[workspace]`` table: where claims work, and how their work lands (docs/workspaces.md)."""
+
+    mode: Literal["shared", "worktree"] = "shared"
+    repo: str = "."  # the git repository, relative to the fleet root
+    target: str = "main"  # the branch tasks land on
+    land: Literal["merge", "squash", "none"] = "merge"
+    gates: list[list[str]] = []  # argvs run on the merged candidate before it lands
+    gate_timeout_s: float = Field(900.0, gt=0)
+    setup: list[str] = []  # one argv run in each new worktree before the runner
+    # `copy` in fleet.toml (BaseModel.copy would be shadowed): globs copied from the primary checkout
+    copy_globs: list[str] = Field([], alias="copy")
+    max_conflicts: int = Field(3, ge=0)
+
+    @field_validator("gates")
+    @classmethod
+    def _argvs(cls, value: list[list[str]]) -> list[list[str]]:
+        if any(not argv or not argv[0].strip() for argv in value):
+            raise ValueError('each gate is an argv naming a program, e.g. [["pytest", "-q"]]')
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _branch_name(cls, value: str) -> str:
+        if not value.strip() or value.startswith(("-", "refs/")) or ".." in value or " " in value:
+            raise ValueError("give a plain branch name, e.g. \"main\"")
+        return value
+
+
 class BackendConfig(_Strict):
     """One ``[backends.NAME]`` table."""
 
@@ -113,6 +142,8 @@ class AgentConfig(_Strict):
     env: dict[str, str] = {}
     timeout_s: float = Field(600.0, gt=0)
     sandbox: Literal["none", "bwrap"] = "none"  # command agents: run under bubblewrap (runners/sandbox.py)
+    workspace: Literal["worktree", "shared"] | None = None  # "shared": this agent works in the primary checkout
+    own_config_dir: bool = True  # command agents: a CLAUDE_CONFIG_DIR of their own (fleet/homes.py)
 
     @field_validator("command")
     @classmethod
@@ -140,6 +171,7 @@ class FleetConfig(_Strict):
     root: Path = Path(".")
     fleet: FleetSection = FleetSection()
     gateway: GatewaySection = GatewaySection()
+    workspace: WorkspaceSection = WorkspaceSection()
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
     models: dict[str, ModelAlias] = Field(default_factory=_default_models)
     agents: dict[str, AgentConfig] = Field(default_factory=_default_agents)

@@ -9,6 +9,7 @@
     ├── StateError(path)                the state folder cannot be written (disk full, read-only)
     ├── FleetRunningError(pid)          a second `coordinator run` (or gateway) in a fleet root that has one
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
+    ├── GitError(argv, returncode)      a git command of the workspace lifecycle failed
     └── BackendError(backend)
         ├── RetryableError(retry_after_s)
         │   └── MalformedEventError(event)  an SSE event that is not UTF-8, or not the JSON expected
@@ -104,6 +105,17 @@ class BudgetError(CoordinatorError):
         self.scope = scope
         self.limit = limit
         super().__init__(message)
+
+
+class GitError(CoordinatorError):
+    """A git command failed; the message names the command and git's own last line."""
+
+    def __init__(self, argv: list[str], returncode: int | None, stderr: str = "") -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "no output")
+        super().__init__(f"`{' '.join(argv[:4])}` failed ({returncode}): {last}")
 
 
 class BackendError(CoordinatorError):

@@ -46,10 +46,16 @@ shared_context = ["context/*.md"]   # every task sees these first: the shared, c
 
 # [agents.claude]                   # Claude Code through the gateway (npm install -g @anthropic-ai/claude-code)
 # kind = "command"
-# command = ["claude", "-p", "{prompt}", "--output-format", "json"]
+# command = ["claude", "-p", "{prompt}", "--output-format", "json",
+#            "--permission-mode", "acceptEdits"]   # headless editing needs acceptEdits (or --allowedTools)
 # # The gateway sets ANTHROPIC_BASE_URL and a per-task ANTHROPIC_API_KEY; these keep Claude Code
 # # from calling anything but the gateway (telemetry, update checks), so it also runs offline.
 # env = { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1" }
+
+# [workspace]                       # each claim in its own git worktree, landed through a merge queue
+# mode = "worktree"
+# target = "main"
+# gates = [["pytest", "-q"]]
 '''
 
 CONTEXT = '''# Project notes

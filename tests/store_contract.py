@@ -118,6 +118,11 @@ class StoreContract:
             ("finish", State.RUNNING, State.PENDING): finish(False, 3),
             ("finish", State.RUNNING, State.FAILED): finish(False, 1),
             ("release", State.RUNNING, State.PENDING): lambda: s.release(self.claim(), reason="stopping"),
+            ("land", State.RUNNING, State.DONE): lambda: s.land(self.claim(), lambda: "c0ffee"),
+            ("requeue", State.RUNNING, State.PENDING): lambda: s.requeue(
+                self.claim(), kind="conflict", reason="x", max_conflicts=1),
+            ("requeue", State.RUNNING, State.FAILED): lambda: s.requeue(
+                self.claim(), kind="conflict", reason="x", max_conflicts=0),
             ("reclaim", State.RUNNING, State.PENDING): reclaim(3),
             ("reclaim", State.RUNNING, State.FAILED): reclaim(1),
             ("repair", State.RUNNING, State.PENDING): lambda: (
@@ -438,6 +443,79 @@ class StoreContract:
         event = self.store.read_events(0)[0][-1]
         assert (event["event"], event["task"], event["state"]) == ("released", "t1", "pending")
         assert self.claim().epoch == 2
+
+    # -- landing (workspaces) -----------------------------------------------------
+
+    def test_land_runs_the_move_under_the_live_claim_and_finishes_the_task(self) -> None:
+        claim = self.claim()
+        seen = []
+
+        def move() -> str:
+            seen.append(self.store.read_claim("t1"))
+            return "abc123"
+
+        record = self.store.land(claim, move, extra={"base": "b0", "branch": "coordinator/t1/e1", "tip": "t9"})
+        assert seen == [claim]
+        assert record is not None and record.state == State.DONE and record.attempts == 1
+        assert (record.landed, record.base, record.branch, record.tip) == ("abc123", "b0", "coordinator/t1/e1", "t9")
+        assert self.store.read_claim("t1") is None and self.record().landed == "abc123"
+        assert self.kinds()[-1] == "landed" and self.store.read_events(0)[0][-1]["commit"] == "abc123"
+
+    def test_a_landing_that_did_not_move_the_ref_changes_nothing(self) -> None:
+        claim = self.claim()
+        before = self.snapshot()
+        assert self.store.land(claim, lambda: None) is None
+        assert self.snapshot() == before
+        self.store.finish(claim, ok=True, max_attempts=1)  # the claim is still live and usable
+
+    def test_a_stale_claim_never_lands(self) -> None:
+        old = self.claim()
+        self.store.reclaim(old, reason="expired", max_attempts=3)
+        new = self.claim("t1", "a2")
+        called = []
+        with pytest.raises(ClaimLostError):
+            self.store.land(old, lambda: called.append(1) or "bad")
+        assert called == [] and self.record().state == State.RUNNING and self.record().landed is None
+        assert self.kinds()[-1] == "land_fenced"
+        assert self.store.land(new, lambda: "good").landed == "good"
+
+    def test_reclaim_waits_for_a_landing_in_progress(self) -> None:
+        claim = self.claim()
+        outcome: dict[str, object] = {}
+
+        def move() -> str:
+            thread = threading.Thread(target=lambda: outcome.update(
+                reclaimed=self.store.reclaim(claim, reason="expired", max_attempts=3)))
+            thread.start()
+            thread.join(0.3)
+            outcome["blocked"] = thread.is_alive()
+            outcome["thread"] = thread
+            return "abc"
+
+        self.store.land(claim, move)
+        outcome["thread"].join(10)
+        assert outcome["blocked"] is True  # the reclaim could not run while the ref moved
+        assert outcome["reclaimed"] is None and self.record().state == State.DONE
+
+    def test_requeue_counts_conflicts_apart_from_attempts(self) -> None:
+        first = self.claim()
+        record = self.store.requeue(first, kind="conflict", reason="a.txt", max_conflicts=1,
+                                    extra={"branch": "coordinator/t1/e1", "tip": "t1"})
+        assert (record.state, record.attempts, record.conflicts) == (State.PENDING, 0, 1)
+        assert record.branch == "coordinator/t1/e1" and record.history[-1]["outcome"] == "conflict"
+        second = self.claim()
+        assert (second.epoch, second.attempt) == (2, 1)
+        record = self.store.requeue(second, kind="gate_failed", reason="red", max_conflicts=1)
+        assert (record.state, record.conflicts) == (State.FAILED, 2) and "max_conflicts" in record.last_error
+        assert self.kinds()[-3:] == ["conflict", "claimed", "gate_failed"]
+        assert self.store.retry("t1").conflicts == 0
+
+    def test_requeue_of_a_stale_claim_is_fenced(self) -> None:
+        old = self.claim()
+        self.store.reclaim(old, reason="dead", max_attempts=3)
+        with pytest.raises(ClaimLostError):
+            self.store.requeue(old, kind="conflict", reason="x", max_conflicts=3)
+        assert self.record().conflicts == 0
 
     # -- the event feed -----------------------------------------------------------
 

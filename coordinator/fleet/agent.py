@@ -31,6 +31,9 @@ from ..runners import RunContext, RunResult, get_runner
 from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
+from .gc import salvage_reclaimed
+from .homes import config_dir_env
+from .landing import ClaimWorkspace, carry_conflict, open_workspace
 from .notes import Notes
 from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
 
@@ -85,6 +88,9 @@ class Agent:
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
         self.notes = Notes(self.store, agent_id)
+        self.space: ClaimWorkspace | None = None  # the current claim's worktree (docs/workspaces.md)
+        self.settled: Any = None  # the record the store wrote while landing or re-queueing, if it did
+        self.landing: dict[str, Any] | None = None  # what the merge queue shows of this agent
 
     # -- the loop -------------------------------------------------------------
 
@@ -142,7 +148,7 @@ class Agent:
             result = self._run(task, claim)
         finally:
             self.run_ms = (time.perf_counter() - started) * 1000
-            self.current = None
+            self.current, self.landing = None, None
             self.beat_wake.set()
             beat.join()
             self.beat_wake.clear()
@@ -153,20 +159,33 @@ class Agent:
     def _run(self, task: Task, claim: Claim) -> RunResult:
         """Build the context and call the task's runner; user errors become failures."""
         agent_name = task.agent or self.agent_override or self.config.fleet.default_agent
+        self.space, self.settled = None, None
         try:
             agent = self.config.agent_named(agent_name)
-            workdir = confine(self.config.root, task.workdir or ".", what="workdir")
-            if workdir.is_relative_to(self.config.state_dir.resolve()):
+            self.space = open_workspace(self.config, self.store, task, claim, agent,
+                                        run=run_dir(self.config, task.id, claim.epoch), env=self.env,
+                                        should_stop=self._should_stop, on_phase=self._on_phase)
+            root = self.space.path if self.space else self.config.root
+            workdir = confine(root, task.workdir or ".", what="workdir")
+            if self.space is None and workdir.is_relative_to(self.config.state_dir.resolve()):
                 raise ConfigError(f"{task.workdir!r} is inside the state folder; use a folder of your own",
                                   key="workdir")
-            workdir_fd = open_workdir(self.config.root, task.workdir or ".")
+            workdir_fd = open_workdir(root, task.workdir or ".")
         except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
+            if self.space is not None:
+                self.space.close_or_warn(self.notes.warn)
             return RunResult(False, str(exc))
         try:
             ctx = self._context(task, claim, agent_name, agent, workdir, workdir_fd)
             result = get_runner(agent.kind)(ctx)
+            if self.space is not None and result.ok:  # precheck, gate and land, fenced by the store
+                settled = self.space.settle(dict(ctx.env), self._shutdown_reason, self._on_spawn, extra={
+                    "file_hash": task_hash(task), "run_ms": round(self.run_ms, 3)})
+                result, self.settled, self.lost = settled.result, settled.record, self.lost or settled.lost
         finally:
             os.close(workdir_fd)
+            if self.space is not None:
+                self.space.close_or_warn(self.notes.warn)
         if ctx.gateway_token is not None:
             result.usage = self._usage(task) or result.usage
         return result
@@ -176,16 +195,27 @@ class Agent:
         """Everything the runner needs: run folder, gateway token, dependencies' outputs, feedback."""
         gateway = self._gateway()
         run = run_dir(self.config, task.id, claim.epoch)
-        previous = self.store.read_record(task.id) if claim.attempt > 1 else None
+        previous = self.store.read_record(task.id) if claim.attempt > 1 or self.space else None
+        env = {**self.env, **config_dir_env(self.config, self.agent_id, agent, self.env),
+               **(self.space.env() if self.space else {})}
         token = gateway.task_token(task, self.agent_id, attempt=claim.attempt,
                                    generation=claim.generation) if gateway else None
         return RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
                           config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
-                          workdir_fd=workdir_fd, env=self.env, should_stop=self._should_stop,
+                          workdir_fd=workdir_fd, env=env, should_stop=self._should_stop,
                           on_spawn=self._on_spawn, gateway_url=gateway.url if gateway else None,
                           gateway_token=token, prompt_file=write_prompt(task, run),
                           deps=dependency_outputs(self.config, self.store, task, run),
-                          feedback_file=write_feedback(self.config, previous, run))
+                          feedback_file=write_feedback(self.config, previous, run),
+                          conflict_file=carry_conflict(self.config, previous, run) if self.space else None,
+                          after_work=self.space.commit if self.space else None)
+
+    # -- workspaces (docs/workspaces.md) ----------------------------------------
+
+    def _on_phase(self, phase: str, info: dict[str, Any]) -> None:
+        """Show where this agent's landing is (gating, landing, held and why) in its heartbeat file."""
+        self.landing = {"phase": phase, **info}
+        self.publish(phase)
 
     def _usage(self, task: Task) -> dict[str, Any] | None:
         """The gateway's accounting for the task, if a gateway still answers."""
@@ -203,6 +233,10 @@ class Agent:
 
     def _record(self, task: Task, claim: Claim, result: RunResult) -> None:
         """Write the outcome; a lost claim is refused by fencing and logged."""
+        if self.settled is not None:  # landed or re-queued: the store wrote the record while the claim was live
+            if self.settled.state in (State.DONE, State.FAILED):
+                self.counts["done" if self.settled.state == State.DONE else "failed"] += 1
+            return
         try:
             if not result.ok and self.lost is None and self._shutdown_reason() is not None:
                 # Cut short by our own shutdown: not the task's fault, so the attempt is not counted.
@@ -219,7 +253,7 @@ class Agent:
                 claim, ok=result.ok, error=result.error, usage=result.usage, max_attempts=task.max_attempts,
                 backoff_s=retry_backoff_s(self.config.fleet, claim.attempt),
                 extra={"file_hash": task_hash(task), "claim_ms": round(self.claim_ms, 3),
-                       "run_ms": round(self.run_ms, 3)}))
+                       "run_ms": round(self.run_ms, 3), **(self.space.fields() if self.space else {})}))
             if record is None:
                 return  # stopped before the disk let us write; the claim's holder is gone, so it is reclaimed
             self.counts["done" if record.state == State.DONE else "failed"] += 1
@@ -297,7 +331,8 @@ class Agent:
             return
         self._reaped_at = now
         tasks = self.view.taskset.tasks
-        self.book.reap_stale(lambda tid: tasks[tid].max_attempts if tid in tasks else 1)
+        reaped = self.book.reap_stale(lambda tid: tasks[tid].max_attempts if tid in tasks else 1)
+        salvage_reclaimed(self.config, self.store, reaped, self.notes.warn)
 
     def _on_spawn(self, pid: int) -> None:
         self.child_pid = pid  # written into the claim by the next heartbeat
@@ -324,7 +359,7 @@ class Agent:
             "id": self.agent_id, "pid": self.holder.pid, "pid_started_at": self.holder.pid_started_at,
             "host": self.holder.host, "state": state, "task": current[0].id if current else None,
             "task_started_at": current[1].claimed_at if current else None, "heartbeat_at": time.time(),
-            "started_at": self.started_at, **self.counts,
+            "started_at": self.started_at, **self.counts, "landing": self.landing,
             "overhead": {k: round(v, 3) for k, v in self.overhead.items()}}
         try:
             self.store.write_agent(self.agent_id, status)

@@ -29,6 +29,7 @@ from ..queue.claims import ClaimBook
 from ..provider_keys import without_secrets
 from ..store import open_store
 from ..tasks.cache import load_cached
+from .gc import salvage_reclaimed
 from .notes import Notes
 from .keeper import GatewayKeeper, hold_fleet
 
@@ -130,7 +131,8 @@ class Supervisor:
         for slot in self.agents:
             self._check(slot, now)
         try:
-            self.book.reap_stale(self._max_attempts)
+            reaped = self.book.reap_stale(self._max_attempts)
+            salvage_reclaimed(self.config, self.store, reaped, self.notes.warn)  # workspaces: save their work
         except StateError as exc:  # disk full, read-only: the next tick tries again
             self.notes.warn(str(exc))
         self.on_tick(self)
@@ -187,7 +189,8 @@ class Supervisor:
             for proc in live:
                 _signal(proc, sig)
             _wait_all(live, wait_s, self.on_tick_safe)
-        self.book.release_dead(reason="fleet stopped")
+        released = self.book.release_dead(reason="fleet stopped")
+        salvage_reclaimed(self.config, self.store, released, self.notes.warn)
 
     def on_tick_safe(self) -> None:
         """Keep the display moving while waiting for agents to stop."""

@@ -43,8 +43,13 @@ def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
         problems.append(f"{len(invalid)} invalid task file(s)")
     if gateway.get("unreachable"):
         problems.append("gateway unreachable")
-    return {"tasks": snap.counts(), "agents": agents, "gateway": gateway, "stale_claims": stale,
-            "invalid_files": invalid, "healthy": not problems, "problems": problems, "paused": store.is_paused()}
+    report = {"tasks": snap.counts(), "agents": agents, "gateway": gateway, "stale_claims": stale,
+              "invalid_files": invalid, "healthy": not problems, "problems": problems, "paused": store.is_paused()}
+    if config.workspace.mode == "worktree":
+        from .merge_queue import merge_queue  # noqa: PLC0415  (only fleets with workspaces)
+
+        report["merge_queue"] = merge_queue(store)
+    return report
 
 
 def agent_row(data: dict[str, Any], now: float, lease_s: float) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class RunContext:
     workdir_fd: int | None = None  # the workdir opened without following symlinks; children enter by it
     deps: dict[str, Path] = field(default_factory=dict)  # each done dependency's output, copied into run_dir/deps
     feedback_file: Path | None = None  # why the previous attempt failed, on a retried attempt
+    conflict_file: Path | None = None  # workspaces: why the previous attempt did not land (conflict, red gate)
+    after_work: Callable[[], str | None] | None = None  # workspaces: commit the work before acceptance
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` as the agent runs it: inside its sandbox when it has one (``ConfigError`` if unusable)."""
@@ -91,7 +93,13 @@ def get_runner(kind: str) -> Runner:
 
 
 def check_acceptance(ctx: RunContext, remaining_s: float) -> str | None:
-    """Run the task's ``acceptance`` argv in its workdir; None when it passes."""
+    """Run the task's ``acceptance`` argv in its workdir; None when it passes.
+
+    In a worktree, the work is committed first (``after_work``), so acceptance
+    checks exactly what would land and its own leftovers are never committed.
+    """
+    if ctx.after_work is not None and (error := ctx.after_work()) is not None:
+        return error
     if not ctx.task.acceptance:
         return None
     log = ctx.run_dir / "acceptance.log"

@@ -2,7 +2,8 @@
 
 Placeholders ``{prompt}``, ``{prompt_file}``, ``{task_id}``, ``{workdir}``,
 ``{output_file}``, ``{deps_dir}`` (one file per dependency's output) and
-``{feedback_file}`` (why the previous attempt failed) are substituted inside
+``{feedback_file}`` (why the previous attempt failed) and ``{conflict_file}``
+(why it did not land, in a worktree; "" otherwise) are substituted inside
 argv elements in one pass; the argv runs directly, never through a shell, so
 task text can never become shell syntax.
 """
@@ -18,7 +19,8 @@ from ..errors import ConfigError
 from . import RunContext, RunResult, check_acceptance
 from .process import run_process
 
-PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "workdir", "output_file", "deps_dir", "feedback_file")
+PLACEHOLDERS = ("prompt", "prompt_file", "task_id", "workdir", "output_file", "deps_dir", "feedback_file",
+                "conflict_file")
 PLACEHOLDER = re.compile(r"\{(?:" + "|".join(PLACEHOLDERS) + r")\}")
 
 
@@ -30,7 +32,8 @@ def build_argv(ctx: RunContext) -> list[str]:
         prompt_file.write_text(prompt, encoding="utf-8")
     values = {"{prompt}": prompt, "{prompt_file}": str(prompt_file), "{task_id}": ctx.task.id,
               "{workdir}": str(ctx.workdir), "{output_file}": str(ctx.run_dir / "output.md"),
-              "{deps_dir}": str(ctx.deps_dir), "{feedback_file}": str(ctx.feedback_file or "")}
+              "{deps_dir}": str(ctx.deps_dir), "{feedback_file}": str(ctx.feedback_file or ""),
+              "{conflict_file}": str(ctx.conflict_file or "")}
     # One pass over each template: a placeholder inside a substituted value (a prompt that
     # says "{workdir}") is text, never substituted again.
     return [PLACEHOLDER.sub(lambda match: values[match.group(0)], arg) for arg in ctx.agent.command]
@@ -44,6 +47,8 @@ def build_env(ctx: RunContext) -> dict[str, str]:
                 "COORDINATOR_RUN_DIR": str(ctx.run_dir), "COORDINATOR_DEPS_DIR": str(ctx.deps_dir)})
     if ctx.feedback_file is not None:
         env["COORDINATOR_FEEDBACK_FILE"] = str(ctx.feedback_file)
+    if ctx.conflict_file is not None:
+        env["COORDINATOR_CONFLICT_FILE"] = str(ctx.conflict_file)
     if ctx.gateway_url and ctx.gateway_token:
         env["ANTHROPIC_BASE_URL"] = ctx.gateway_url
         env["OPENAI_BASE_URL"] = ctx.gateway_url + "/v1"

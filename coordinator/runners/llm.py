@@ -110,6 +110,8 @@ def assemble(ctx: RunContext) -> dict[str, Any]:
     content.append({"type": "text", "text": ctx.task.rendered_prompt()})
     if ctx.feedback_file is not None:
         content.append({"type": "text", "text": ctx.feedback_file.read_text(encoding="utf-8", errors="replace")})
+    if ctx.conflict_file is not None:  # workspaces: why the previous attempt did not land
+        content.append({"type": "text", "text": ctx.conflict_file.read_text(encoding="utf-8", errors="replace")})
     return {"model": ctx.task.model or ctx.agent.model, "max_tokens": ctx.agent.max_tokens, "system": system,
             "messages": [{"role": "user", "content": content}], "stream": True}
 

@@ -19,7 +19,7 @@ this package is the only constructor callers use.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,6 +66,12 @@ class Record:
     retry_at: float | None = None  # a failed attempt's task is not claimed again before this (backoff)
     usage: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Workspaces (docs/workspaces.md): where the last attempt worked and what landed.
+    base: str | None = None  # the target's commit the worktree started from
+    branch: str | None = None
+    tip: str | None = None  # the branch's last commit
+    landed: str | None = None  # the commit the target moved to
+    conflicts: int = 0  # conflicts and red gates, counted apart from attempts
 
     def __post_init__(self) -> None:
         self.state = State(self.state)  # from JSON it arrives as a string
@@ -75,6 +81,9 @@ class Record:
         data = asdict(self)
         data["state"] = str(self.state)
         return data
+
+
+WORKSPACE_FIELDS = ("base", "branch", "tip", "landed")
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,26 @@ class Store(ABC):
     @abstractmethod
     def release(self, claim: Claim, *, reason: str) -> Record:
         """Give the task back uncounted (the holder is stopping); fenced."""
+
+    @abstractmethod
+    def land(self, claim: Claim, move_ref: Callable[[], str | None], *,
+             extra: dict[str, Any] | None = None) -> Record | None:
+        """Run ``move_ref`` while ``claim`` is live at its epoch and no other landing runs; fenced.
+
+        ``move_ref`` moves the target branch and returns the commit it landed, or None
+        if it did not (the target moved, the landing is held). A landed task is done in
+        the same atomic step, so a crash can never land it twice; a claim that is not
+        live is refused (``ClaimLostError``, a ``land_fenced`` event) before
+        ``move_ref`` is called. No reclaim, cancel or other landing interleaves with it.
+        """
+
+    @abstractmethod
+    def requeue(self, claim: Claim, *, kind: str, reason: str, max_conflicts: int,
+                extra: dict[str, Any] | None = None) -> Record:
+        """A conflict or red gate (``kind``): pending again, attempt not spent, ``conflicts`` + 1; fenced.
+
+        Past ``max_conflicts`` the task fails instead.
+        """
 
     @abstractmethod
     def reclaim(self, claim: Claim, *, reason: str, max_attempts: int, counted: bool = True) -> Record | None:

@@ -18,14 +18,14 @@ between any two of them leaves a state the next operation repairs:
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
 from ..clock import REAL_CLOCK, Clock
 from ..errors import ClaimLostError
 from ..tasks.model import State, after_attempt, can, transition
-from .base import Claim, Holder, Record, Store
+from .base import WORKSPACE_FIELDS, Claim, Holder, Record, Store
 
 
 class LockedStore(Store):
@@ -111,6 +111,7 @@ class LockedStore(Store):
             record.retry_at = self.now() + backoff_s if state == State.PENDING and backoff_s > 0 else None
             if usage:
                 record.usage = usage
+            _note_workspace(record, extra)
             record.file_hash = (extra or {}).get("file_hash", record.file_hash)
             record.history.append(self._history(claim, "done" if ok else "failed", error, extra))
             self._put_record(record)
@@ -124,6 +125,47 @@ class LockedStore(Store):
         with self._lock():
             record = self._check_current(claim, "release")
             return self._release(claim, record, reason)
+
+    def land(self, claim: Claim, move_ref: Callable[[], str | None], *,
+             extra: dict[str, Any] | None = None) -> Record | None:
+        # The ref moves inside this store's lock: reclaim, cancel and every other landing
+        # wait for it, so the claim checked here is still live when the ref moves
+        # (docs/workspaces.md, "Fencing the landing").
+        with self._lock():
+            record = self._check_current(claim, "land", event="land_fenced")
+            landed = move_ref()
+            if landed is None:
+                return None
+            record.attempts = claim.attempt
+            record.state = transition("land", claim.task, record.state, State.DONE)
+            record.last_error, record.finished_at, record.retry_at = None, self.now(), None
+            _note_workspace(record, {**(extra or {}), "landed": landed})
+            record.file_hash = (extra or {}).get("file_hash", record.file_hash)
+            record.history.append(self._history(claim, "landed", None, extra))
+            self._put_record(record)
+            self._drop_claim(claim.task)
+            self.append_event("landed", task=claim.task, agent=claim.agent, epoch=claim.epoch, commit=landed,
+                              state=State.DONE)
+            return record
+
+    def requeue(self, claim: Claim, *, kind: str, reason: str, max_conflicts: int,
+                extra: dict[str, Any] | None = None) -> Record:
+        with self._lock():
+            record = self._check_current(claim, kind)
+            record.conflicts += 1
+            state = State.FAILED if record.conflicts > max_conflicts else State.PENDING
+            record.state = transition("requeue", claim.task, record.state, state)
+            record.last_error = reason
+            if state == State.FAILED:
+                record.attempts, record.finished_at = claim.attempt, self.now()
+                record.last_error = f"{reason} ({record.conflicts} conflicts, more than max_conflicts)"
+            _note_workspace(record, extra)
+            record.history.append(self._history(claim, kind, reason, extra))
+            self._put_record(record)
+            self._drop_claim(claim.task)
+            self.append_event(kind, task=claim.task, agent=claim.agent, epoch=claim.epoch, reason=reason,
+                              conflicts=record.conflicts, state=state)
+            return record
 
     def reclaim(self, claim: Claim, *, reason: str, max_attempts: int, counted: bool = True) -> Record | None:
         with self._lock():
@@ -167,6 +209,7 @@ class LockedStore(Store):
             previous = record.state
             record.state = transition("retry", task_id, record.state, State.PENDING)
             record.attempts, record.last_error, record.retry_at = 0, None, None
+            record.conflicts = 0
             record.generation += 1
             self._put_record(record)
             self.append_event("retried", task=task_id, previous=previous, state=State.PENDING,
@@ -224,7 +267,7 @@ class LockedStore(Store):
         self.append_event("orphan_claim_removed", task=claim.task, agent=claim.agent, epoch=claim.epoch,
                           record_state=record.state)
 
-    def _check_current(self, claim: Claim, action: str) -> Record:
+    def _check_current(self, claim: Claim, action: str, *, event: str = "fenced") -> Record:
         """Fencing: the record must still be running at this claim's epoch, with this claim live."""
         record = self.read_record(claim.task)
         live = self.read_claim(claim.task)
@@ -236,7 +279,7 @@ class LockedStore(Store):
             problem = "claim file no longer ours"
         if problem is None:
             return record
-        self.append_event("fenced", task=claim.task, agent=claim.agent, epoch=claim.epoch, action=action,
+        self.append_event(event, task=claim.task, agent=claim.agent, epoch=claim.epoch, action=action,
                           reason=problem)
         raise ClaimLostError(claim.task, claim.epoch, f"{action} refused, {problem}")
 
@@ -244,3 +287,10 @@ class LockedStore(Store):
         return {"attempt": claim.attempt, "agent": claim.agent, "epoch": claim.epoch,
                 "started_at": claim.claimed_at, "finished_at": self.now(), "outcome": outcome, "error": error,
                 **(extra or {})}
+
+
+def _note_workspace(record: Record, extra: dict[str, Any] | None) -> None:
+    """Copy the workspace fields an attempt reported (base, branch, tip, landed) onto its record."""
+    for key in WORKSPACE_FIELDS:
+        if extra and extra.get(key) is not None:
+            setattr(record, key, extra[key])

@@ -53,6 +53,8 @@ TRANSITIONS: dict[str, dict[State, frozenset[State]]] = {
     "claim": {State.PENDING: frozenset({State.RUNNING})},
     "finish": {State.RUNNING: frozenset({State.DONE, State.PENDING, State.FAILED})},
     "release": {State.RUNNING: frozenset({State.PENDING})},
+    "land": {State.RUNNING: frozenset({State.DONE})},  # workspaces: the ref moved under the live claim
+    "requeue": {State.RUNNING: frozenset({State.PENDING, State.FAILED})},  # a conflict or red gate, uncounted
     "reclaim": {State.RUNNING: frozenset({State.PENDING, State.FAILED})},
     "repair": {State.RUNNING: frozenset({State.PENDING})},
     "cancel": {State.PENDING: frozenset({State.CANCELLED}), State.RUNNING: frozenset({State.CANCELLED})},

@@ -85,6 +85,10 @@ def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
     lines += [history_line(entry) for entry in record.get("history", [])]
     if record.get("usage"):
         lines.append(f"usage: {usage_text(record['usage'])}")
+    if record.get("branch"):  # workspaces
+        lines.append(f"branch {record['branch']}  base {str(record.get('base'))[:12]}  "
+                     f"tip {str(record.get('tip'))[:12]}  landed {str(record.get('landed') or '-')[:12]}  "
+                     f"conflicts {record.get('conflicts', 0)}")
     lines += [f"runs: {data['runs_dir']}", "prompt:"]
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -133,6 +137,8 @@ def render_status(status: dict[str, Any]) -> RenderableType:
     """The status report as rich renderables (queue, agents, gateway, problems)."""
     parts: list[RenderableType] = [queue_line(status["tasks"]), agents_table(status["agents"]),
                                    gateway_line(status["gateway"])]
+    if "merge_queue" in status:
+        parts.append(merge_queue_line(status["merge_queue"]))
     for claim in status["stale_claims"]:
         parts.append(Text(f"stale claim: {claim['task']} held by {claim['agent']} (pid {claim['pid']}, "
                           f"{claim['reason']}, {claim['age_s']}s)", style="yellow"))
@@ -143,6 +149,18 @@ def render_status(status: dict[str, Any]) -> RenderableType:
     health = "healthy" if status["healthy"] else "unhealthy: " + "; ".join(status["problems"])
     parts.append(Text(health, style="green" if status["healthy"] else "bold red"))
     return Group(*parts)
+
+
+def merge_queue_line(queue: dict[str, Any]) -> Text:
+    """``merge queue  waiting 1  gating t3  landed 12  conflicts 2  last t9 (abc1234)``, and why it is held."""
+    text = Text(f"merge queue  waiting {queue['waiting']}  gating {queue['gating'] or '-'}  landed {queue['landed']}"
+                f"  conflicts {queue['conflicts']}")
+    last = queue.get("last_landed")
+    if last:
+        text.append(f"  last {last['task']} ({str(last['commit'])[:7]})")
+    if queue.get("held"):
+        text.append(f"\nheld: {queue['held']['task']}: {queue['held']['reason']}", style="yellow")
+    return text
 
 
 def queue_line(counts: dict[str, int]) -> Text:

@@ -1,0 +1,268 @@
+"""The life of one claim's git worktree: create, commit, precheck, candidate, gate, move the ref, clean up.
+
+Each step is one small function over ``gitrepo.git`` (docs/workspaces.md has the
+whole lifecycle). The worktree of task T at epoch E is
+``<state>/worktrees/T-eE`` on branch ``coordinator/T/eE``; its gate worktree is
+``T-eE.gate``. Names carry the epoch, so ``gc`` can tell a live claim's worktree
+from an orphan's with one store read. Nothing here deletes unlanded work: a
+worktree is removed only after its changes are committed and, unless landed,
+kept under ``refs/coordinator/salvage/T/E``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import read_json, write_json_atomic
+from ..config import FleetConfig
+from ..errors import GitError
+from ..paths import confine
+from ..runners.process import run_process
+from .gitrepo import git, repo_lock, repo_path, rev
+from .workspace import read_tail
+
+NAME = re.compile(r"^(?P<task>.+)-e(?P<epoch>\d+)(?P<gate>\.gate)?$")
+GATE_TAIL_BYTES = 4 * 1024
+SALVAGE_REF = "refs/coordinator/salvage"
+
+
+@dataclass
+class Workspace:
+    """One claim's worktree: where it is, its branch, the commit it started from, and its tip."""
+
+    repo: Path
+    path: Path
+    branch: str
+    base: str
+    task: str
+    epoch: int
+    tip: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, str | None]:
+        """What the task record keeps of it."""
+        return {"base": self.base, "branch": self.branch, "tip": self.tip}
+
+
+@dataclass(frozen=True)
+class Merge:
+    """``git merge-tree --write-tree`` of the target and a tip: the tree, or the conflicted paths."""
+
+    tree: str
+    conflicts: list[str]
+    messages: str
+
+
+def worktrees_dir(config: FleetConfig) -> Path:
+    """Where every worktree of this fleet lives."""
+    return config.state_dir.resolve() / "worktrees"
+
+
+def branch_name(task_id: str, epoch: int) -> str:
+    """The branch of one claim."""
+    return f"coordinator/{task_id}/e{epoch}"
+
+
+def identity(repo: Path) -> list[str]:
+    """``-c user.name/email`` when the repository has no committer identity (a CI box, a test)."""
+    if git(["config", "user.email"], cwd=repo, check=False).returncode == 0:
+        return []
+    return ["-c", "user.name=coordinator", "-c", "user.email=coordinator@localhost"]
+
+
+def exclude_state(config: FleetConfig, repo: Path) -> None:
+    """Add the state dir to ``.git/info/exclude``, so the primary checkout never sees the worktrees."""
+    state = config.state_dir.resolve()
+    if not state.is_relative_to(repo):
+        return
+    line = "/" + state.relative_to(repo).as_posix() + "/"
+    path = Path(git(["rev-parse", "--git-path", "info/exclude"], cwd=repo).out)
+    path = path if path.is_absolute() else repo / path
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if line not in text.splitlines():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n", encoding="utf-8")
+
+
+def create(config: FleetConfig, task_id: str, epoch: int) -> Workspace:
+    """A new worktree and branch at the target's current commit (under the repository lock), then ``copy``."""
+    repo = repo_path(config)
+    target = config.workspace.target
+    path, branch = worktrees_dir(config) / f"{task_id}-e{epoch}", branch_name(task_id, epoch)
+    with repo_lock(repo):
+        base = rev(repo, f"refs/heads/{target}")
+        if base is None:
+            raise GitError(["git", "rev-parse", target], 128, f"branch {target!r} is gone from {repo}")
+        exclude_state(config, repo)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        git(["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path), base], cwd=repo)
+    copy_files(config, repo, path)
+    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch)
+
+
+def copy_files(config: FleetConfig, repo: Path, path: Path) -> None:
+    """Copy the ``copy`` globs (untracked files such as ``.env``) from the primary checkout."""
+    for pattern in config.workspace.copy_globs:
+        for match in sorted(glob.glob(pattern, root_dir=repo, recursive=True)):
+            source = confine(repo, match, what="workspace.copy")
+            if source.is_file():
+                dest = path / source.relative_to(repo)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, dest)
+
+
+def run_setup(config: FleetConfig, ws: Workspace, *, env: Mapping[str, str], log: Path,
+              should_stop: Callable[[], str | None]) -> str | None:
+    """Run ``setup`` in the new worktree; None when it passes, else why not."""
+    argv = config.workspace.setup
+    if not argv:
+        return None
+    result = run_process(argv, cwd=ws.path, env=env, stdout=log, stderr=log,
+                         timeout_s=config.workspace.gate_timeout_s, should_stop=should_stop)
+    return None if result.ok else f"workspace setup {argv[0]!r} {result.describe()} (see {log.name})"
+
+
+def commit_all(ws: Workspace, message: str, *, hooks: bool = True) -> str:
+    """Commit every change left in the worktree (hooks on, unless salvaging); the new tip."""
+    git(["add", "-A"], cwd=ws.path)
+    if git(["diff", "--cached", "--quiet"], cwd=ws.path, check=False).returncode != 0:
+        verify = [] if hooks else ["--no-verify"]
+        git([*identity(ws.repo), "commit", "--quiet", *verify, "-m", message], cwd=ws.path)
+    ws.tip = git(["rev-parse", "HEAD"], cwd=ws.path).out
+    return ws.tip
+
+
+def precheck(repo: Path, target_commit: str, tip: str) -> Merge:
+    """Merge without touching any checkout (``merge-tree --write-tree``); exit 1 means conflicts."""
+    result = git(["merge-tree", "--write-tree", "--name-only", target_commit, tip], cwd=repo, check=False)
+    if result.returncode not in (0, 1):
+        raise GitError(["git", "merge-tree", target_commit, tip], result.returncode, result.stderr)
+    head, _, messages = result.stdout.partition("\n\n")
+    lines = head.splitlines()
+    conflicts = list(dict.fromkeys(lines[1:])) if result.returncode == 1 else []
+    return Merge(tree=lines[0], conflicts=conflicts, messages=messages.strip())
+
+
+def candidate(config: FleetConfig, repo: Path, merge: Merge, target_commit: str, tip: str, message: str) -> str:
+    """The commit that would land: the merged tree on the target (and the tip too, for ``merge``)."""
+    parents = ["-p", target_commit] + (["-p", tip] if config.workspace.land == "merge" else [])
+    return git([*identity(repo), "commit-tree", merge.tree, *parents, "-m", message], cwd=repo).out
+
+
+def gate(config: FleetConfig, ws: Workspace, commit: str, tree: str, *, env: Mapping[str, str], log: Path,
+         should_stop: Callable[[], str | None], on_spawn: Callable[[int], None] | None) -> tuple[bool, str]:
+    """Run ``gates`` on the candidate in a detached gate worktree; (passed, output tail), cached by tree."""
+    gates = config.workspace.gates
+    if not gates:
+        return True, ""
+    key = hashlib.sha256(json.dumps([tree, gates]).encode()).hexdigest()[:32]
+    cache = config.state_dir / "gates" / f"{key}.json"
+    cached = read_json(cache)
+    if isinstance(cached, dict) and "ok" in cached:
+        return bool(cached["ok"]), str(cached.get("tail", ""))
+    path = ws.path.with_name(ws.path.name + ".gate")
+    with repo_lock(ws.repo):
+        git(["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=ws.repo)
+    try:
+        ok = all(run_process(argv, cwd=path, env=env, stdout=log, stderr=log, timeout_s=config.workspace.gate_timeout_s,
+                             should_stop=should_stop, on_spawn=on_spawn).ok for argv in gates)
+    finally:
+        remove_worktree(ws.repo, path)
+    tail = read_tail(log, GATE_TAIL_BYTES)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache, {"ok": ok, "tail": tail, "tree": tree})
+    return ok, tail
+
+
+def checkout_of(repo: Path, branch: str) -> Path | None:
+    """The worktree that has ``branch`` checked out, if any."""
+    path = None
+    for line in git(["worktree", "list", "--porcelain"], cwd=repo).out.splitlines():
+        if line.startswith("worktree "):
+            path = Path(line[len("worktree "):])
+        elif line == f"branch refs/heads/{branch}":
+            return path
+    return None
+
+
+def move_target(repo: Path, target: str, new: str, old: str) -> tuple[str | None, str | None]:
+    """Compare-and-swap the target from ``old`` to ``new``: (landed commit, None) or (None, why held).
+
+    A target checked out in a worktree with changes to tracked files is held (the
+    user's work is never touched); a clean one is fast-forwarded, which moves its
+    files and the ref together. (None, None) means the target moved: merge again.
+    """
+    checkout = checkout_of(repo, target)
+    if checkout is None:
+        result = git(["update-ref", "-m", "coordinator: land", f"refs/heads/{target}", new, old], cwd=repo,
+                     check=False)
+        if result.returncode == 0:
+            return new, None
+        if rev(repo, f"refs/heads/{target}") != old:
+            return None, None
+        raise GitError(["git", "update-ref", target], result.returncode, result.stderr)
+    dirty = git(["status", "--porcelain", "--untracked-files=no"], cwd=checkout).out
+    if dirty:
+        files = ", ".join(line[3:] for line in dirty.splitlines()[:3])
+        return None, (f"{checkout} has {target} checked out with uncommitted changes ({files}); "
+                      "commit or stash them and the landing proceeds")
+    if rev(checkout, "HEAD") != old:
+        return None, None
+    result = git(["merge", "--ff-only", "--quiet", new], cwd=checkout, check=False)
+    if result.returncode == 0:
+        return new, None
+    last = (result.stderr.strip().splitlines() or ["merge --ff-only failed"])[-1]
+    return None, f"cannot fast-forward {checkout}: {last}; clean it and the landing proceeds"
+
+
+def remove_worktree(repo: Path, path: Path, *, branch: str | None = None) -> None:
+    """Remove a worktree git knows (its changes must be saved first), and its landed ``branch``."""
+    with repo_lock(repo):
+        git(["worktree", "remove", "--force", str(path)], cwd=repo, check=False)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        git(["worktree", "prune"], cwd=repo, check=False)
+        if branch is not None:
+            git(["branch", "-D", "--quiet", branch], cwd=repo)
+
+
+def salvage(ws: Workspace, message: str) -> str | None:
+    """Save what the worktree holds beyond its base under ``refs/coordinator/salvage/T/E``; the ref, if any."""
+    if ws.path.exists():
+        try:
+            commit_all(ws, message, hooks=False)
+        except GitError:
+            pass  # a half-written index (killed mid-commit): what the branch holds is still saved below
+    tip = rev(ws.repo, f"refs/heads/{ws.branch}")
+    ws.tip = tip or ws.tip
+    if tip is None or tip == ws.base:
+        return None
+    ref = f"{SALVAGE_REF}/{ws.task}/{ws.epoch}"
+    git(["update-ref", ref, tip], cwd=ws.repo)
+    return ref
+
+
+def delete_branch(repo: Path, branch: str) -> None:
+    """Delete a branch whose work has landed, under the repository lock (ref updates race too)."""
+    with repo_lock(repo):
+        git(["branch", "-D", "--quiet", branch], cwd=repo)
+
+
+def diff_text(repo: Path, base: str, tip: str, limit: int) -> str:
+    """``git diff base tip``, cut at ``limit`` characters."""
+    text = git(["diff", "--stat", "-p", base, tip], cwd=repo, check=False).stdout
+    return text if len(text) <= limit else text[:limit] + "\n… (cut)\n"
+
+
+def log_text(repo: Path, base: str, target_commit: str, paths: list[str], limit: int) -> str:
+    """``git log base..target -- paths``: what landed on the same paths since this attempt began."""
+    text = git(["log", "--format=%h %s (%an)", f"{base}..{target_commit}", "--", *paths], cwd=repo,
+               check=False).stdout
+    return text[:limit]
