@@ -356,16 +356,20 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def tune_gc() -> None:
-    """Make the cyclic GC cheaper for a long-lived server process (process-wide, so opt-in).
+    """The gateway process's GC policy: the collector's defaults, on purpose.
 
-    Freezing what start-up allocated keeps full collections from rescanning it, and a
-    larger young generation means far fewer collections: together ~15-20% less CPU per
-    proxied request in ``bench_http_stack.py``, with RSS unchanged. Reference cycles are
-    still collected, just in bigger batches.
+    It used to freeze the start-up heap (``gc.freeze``) and raise the young
+    generation to 20,000 objects, for ~15-20% less CPU per request. That kept
+    cyclic garbage alive: a refused 200 MB gzip body, caught in its exception's
+    traceback cycle, stayed in memory (4.4 GB after 8 such bodies). Without the
+    tuning the same flood returns to idle memory
+    (``tests/test_gateway_hardening.py``); what that costs is in docs/gateway.md
+    ("Performance"). Kept as a function because ``coordinator run`` calls it.
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(*_DEFAULT_GC_THRESHOLDS)
+
+
+_DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 
 
 def serve_forever(config: FleetConfig, env: Mapping[str, str], port: int | None = None, *,
