@@ -93,7 +93,7 @@ def test_retry_starts_a_fresh_budget_with_a_new_generation(start_gateway, fake_u
     again = anthropic.Anthropic(base_url=gw.url, api_key=retried, max_retries=0)
     assert again.messages.create(**spend, messages=user("two")).content
     assert gw.gateway.stats()["budgets"]["t"]["generation"] == 1
-    assert gw.gateway.stats()["tasks"]["t"]["requests"] == 2  # lifetime figures span generations (402s are not requests)
+    assert gw.gateway.stats()["tasks"]["t"]["requests"] == 2  # lifetime, over generations (a 402 is no request)
 
 
 def test_a_second_attempt_bypasses_the_response_cache_but_still_joins_a_flight(start_gateway, fake_upstream) -> None:

@@ -51,7 +51,8 @@ def test_bad_bodies_get_the_apis_own_400_json(start_gateway, fake_upstream, case
     assert ok.status_code == 200  # a surrogate *pair* (an emoji, ASCII-escaped) is fine
 
 
-@pytest.mark.parametrize("raw", [b"data: {this is not json\n\n", b'event: content_block_delta\ndata: {"x": "\xff"}\n\n'],
+@pytest.mark.parametrize("raw", [b"data: {this is not json\n\n",
+                                 b'event: content_block_delta\ndata: {"x": "\xff"}\n\n'],
                          ids=["non-json", "invalid-utf8"])
 def test_a_malformed_event_mid_stream_ends_the_stream_with_an_error_bills_usage_and_is_not_cached(
         start_gateway, fake_upstream, raw: bytes) -> None:
@@ -78,7 +79,8 @@ def test_a_malformed_event_mid_stream_ends_the_stream_with_an_error_bills_usage_
 def test_an_upstream_echoing_the_key_in_its_401_never_passes_it_on(start_gateway, fake_upstream, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     gw = start_gateway()
-    echoed = {"type": "error", "error": {"type": "authentication_error", "message": f"invalid x-api-key {ANTHROPIC_KEY}"}}
+    echoed = {"type": "error",
+              "error": {"type": "authentication_error", "message": f"invalid x-api-key {ANTHROPIC_KEY}"}}
     fake_upstream.script(Reply(401, json=echoed))
     with pytest.raises(anthropic.AuthenticationError) as info:
         anthropic.Anthropic(base_url=gw.url, api_key=task_token(gw.token, "t"), max_retries=0).messages.create(

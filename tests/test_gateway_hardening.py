@@ -145,7 +145,7 @@ def test_the_gateway_process_makes_itself_non_dumpable_and_drops_the_key_variabl
 
 def test_start_in_thread_protects_the_embedding_process_and_keeps_the_keys_for_its_backends(make_fleet, fake_upstream,
                                                                                               monkeypatch) -> None:
-    """``coordinator run`` embeds the gateway: that process must do the same (checked in a child, since it is for good)."""
+    """``coordinator run`` embeds the gateway, so that process must do the same (in a child: it is for good)."""
     code = ("import os, sys, anthropic; from coordinator.config import load_config; "
             "from coordinator.gateway.keys import is_dumpable; from coordinator.gateway.server import start_in_thread; "
             "gw = start_in_thread(load_config(sys.argv[1]), dict(os.environ)); "
