@@ -20,7 +20,6 @@ key in its 401 must not spread it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -60,7 +59,7 @@ def make_undumpable() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except (OSError, AttributeError) as exc:
@@ -74,8 +73,12 @@ def is_dumpable() -> bool | None:
     """The process's dumpable flag (None off Linux): for tests and diagnostics."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return bool(libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+    return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+def _libc() -> ctypes.CDLL:
+    # The C library this process already has loaded (find_library would spawn ldconfig: ~100 ms at start-up).
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def key_values(env: Mapping[str, str], config: FleetConfig) -> list[str]:
