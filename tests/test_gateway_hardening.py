@@ -47,7 +47,7 @@ def gateway_process(make_fleet, fake_upstream) -> Iterator[tuple[subprocess.Pope
     root = make_fleet(fleet_toml(fake_upstream.url, gateway={"max_body_mb": 16}))
     env = {**os.environ, "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "OPENAI_API_KEY": OPENAI_KEY}
     proc = subprocess.Popen([sys.executable, "-c", _GATEWAY_CODE, str(root), ANTHROPIC_KEY, OPENAI_KEY], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.DEVNULL)
     state = root / ".coordinator" / "gateway.json"
     try:
         wait_until(lambda: state.exists() and json.loads(state.read_text())["pid"] == proc.pid, 20, "gateway.json")
