@@ -53,6 +53,10 @@ class GatewaySection(_Strict):
     context_cache: Literal["auto", "off"] = "auto"
     max_queue: int = Field(1024, ge=1)
     warmup_wait_s: float = Field(30.0, ge=0)
+    max_body_mb: float = Field(32.0, gt=0)  # a request body past this (inflated) is refused with 413
+    header_timeout_s: float = Field(15.0, gt=0)  # a connection idle or mid-headers this long is closed
+    body_timeout_s: float = Field(60.0, gt=0)  # a request body not received in full by then gets 408
+    max_connections: int = Field(2048, ge=1)  # open client connections; more are refused at once (503)
 
     @field_validator("host")
     @classmethod
@@ -120,10 +124,15 @@ class BackendConfig(_Strict):
 
 
 class ModelAlias(_Strict):
-    """One ``[models]`` entry: a backend, the upstream model and its prices per MTok."""
+    """One ``[models]`` entry: a backend, the upstream model and its prices per MTok.
+
+    ``model`` unset means the current default model, which the gateway reads from
+    the installed anthropic SDK's model list (``backends/models.py``); it is not
+    resolved here, so ``status`` and ``--help`` never import the SDK.
+    """
 
     backend: str = "default"
-    model: str = "claude-sonnet-4-5"
+    model: str | None = None
     input_usd_per_mtok: float | None = None
     output_usd_per_mtok: float | None = None
     cache_write_usd_per_mtok: float | None = None

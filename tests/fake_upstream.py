@@ -13,7 +13,8 @@ with usage and Anthropic prompt-cache accounting (``coordinator.backends.prompt_
 the same rules the echo backend applies; ``fake.prompt_cache`` takes an injected clock).
 
 Behaviours: ``Reply(status, json, headers)``, ``Hang()``, ``Slow(delay_s)``,
-``Reset()``, ``Malformed()``, ``CutStream(after_events)``, ``Stall(after_events)``.
+``Reset()``, ``Malformed()``, ``CutStream(after_events)``, ``Stall(after_events)``,
+``BadEvent(raw, after_events)``.
 Counters: ``in_flight``, ``held`` (waiting at the gate), ``completed``, ``cancelled``
 (the client went away before the answer was finished), ``cache_writes``, ``cache_reads``.
 """
@@ -82,6 +83,14 @@ class CutStream:
 class Stall:
     """Send ``after_events`` SSE events, then wait until the client goes away."""
 
+    after_events: int = 2
+
+
+@dataclass(frozen=True)
+class BadEvent:
+    """Stream the answer, with ``raw`` (a malformed event) sent after ``after_events`` good ones."""
+
+    raw: bytes = b"data: {this is not json\n\n"
     after_events: int = 2
 
 
@@ -308,6 +317,8 @@ class FakeUpstream:
         behaviour = call.behaviour
         limit = behaviour.after_events if isinstance(behaviour, (CutStream, Stall)) else None
         for sent, (event, _) in enumerate(answer.events):
+            if isinstance(behaviour, BadEvent) and sent == behaviour.after_events:
+                await response.write(behaviour.raw)
             if limit is not None and sent == limit:
                 if isinstance(behaviour, Stall):
                     await asyncio.Event().wait()

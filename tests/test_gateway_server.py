@@ -49,7 +49,8 @@ def test_stats_have_the_contract_keys_per_task_agent_model_and_backend(start_gat
     token = task_token(gw.token, "t-1", agent="llm")
     _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("a"))
     _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("a"))
-    stats = httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": token}).json()
+    assert httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": token}).status_code == 403
+    stats = httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": gw.token}).json()
     numeric = {k for k, v in stats.items() if isinstance(v, (int, float))}
     assert numeric == set(STAT_KEYS)
     assert {"tasks", "agents", "models", "backends"} <= set(stats)
@@ -103,24 +104,25 @@ def test_count_tokens_passes_through(start_gateway, fake_upstream) -> None:
 
 def test_a_task_past_its_budget_gets_a_clear_error(start_gateway, fake_upstream) -> None:
     gw = start_gateway()
-    token = task_token(gw.token, "cheap", max_usd=1e-9)
+    # Each budget fits the first request's own estimate (input + max_tokens) and not a second one's.
+    token = task_token(gw.token, "cheap", max_usd=0.00035)
     _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("first"))
     with pytest.raises(anthropic.APIStatusError) as info:
         _client(gw, token).messages.create(model=MODEL, max_tokens=16, messages=user("second"))
     assert info.value.status_code == 402 and "task 'cheap'" in info.value.message
     assert "max_usd" in info.value.message
-    tokens = task_token(gw.token, "short", max_tokens=5)
+    tokens = task_token(gw.token, "short", max_tokens=35)
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=tokens, max_retries=0)
-    client.chat.completions.create(model="gpt-4o-mini", messages=user("one"))
+    client.chat.completions.create(model="gpt-4o-mini", messages=user("one"), max_tokens=4)
     with pytest.raises(openai.APIStatusError) as o_info:
-        client.chat.completions.create(model="gpt-4o-mini", messages=user("two"))
+        client.chat.completions.create(model="gpt-4o-mini", messages=user("two"), max_tokens=4)
     assert o_info.value.status_code == 402 and "max_tokens_budget" in o_info.value.message
     assert _client(gw).messages.create(model=MODEL, max_tokens=16, messages=user("third"))  # others unaffected
     assert len(fake_upstream.calls) == 3
 
 
 def test_the_fleet_past_its_budget_gets_a_clear_error(start_gateway, fake_upstream) -> None:
-    gw = start_gateway(fleet={"max_usd": 1e-9})
+    gw = start_gateway(fleet={"max_usd": 0.00035})  # the first request's estimate fits, a second one's not
     _client(gw).messages.create(model=MODEL, max_tokens=16, messages=user("first"))
     with pytest.raises(anthropic.APIStatusError) as info:
         _client(gw, task_token(gw.token, "fresh")).messages.create(model=MODEL, max_tokens=16, messages=user("x"))

@@ -7,8 +7,13 @@ full rate, output tokens, cache-write and cache-read tokens.
 Money: a request that made an upstream call is billed at the model's price; a request
 served by dedup (joined or cache hit) costs nothing, and what it would have cost is
 "saved". Context caching saves (or, for the write, costs) the difference from
-billing every prompt token at the input rate. Budgets are checked before a request
-goes anywhere; a call already in progress may overshoot them by its own cost.
+billing every prompt token at the input rate. A free backend (echo) bills $0 and
+keeps what the call would have cost apart, as ``usd_would_be``, so a trial run's
+figures are not mistaken for spending.
+
+Budgets count per (task, retry generation): ``coordinator retry`` raises the
+generation, and the new generation starts from zero (``spent``). The budget rule
+itself and reservations are ``budgets.py``'s.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import FleetConfig, ModelAlias
-from ..errors import BudgetError
+from .budgets import check_budget
 from .dialects import Usage
 
 STAT_KEYS = ("requests", "upstream_calls", "dedup_joined", "dedup_hits", "input_tokens", "output_tokens",
-             "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved")
+             "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved", "usd_would_be")
+_USD_KEYS = ("usd", "usd_saved", "usd_would_be")
+UNASSIGNED = "unassigned"  # the task row of requests made with the fleet token
 SCOPES = ("tasks", "agents", "models")
 
 
@@ -60,6 +67,7 @@ def _openai(inp: float, out: float, cached: float) -> Price:
 DEFAULT_PRICES: dict[str, Price] = {
     "claude-opus-4-5": _anthropic(5.0, 25.0), "claude-opus-4-6": _anthropic(5.0, 25.0),
     "claude-opus-4": _anthropic(15.0, 75.0),
+    "claude-sonnet-5": _anthropic(3.0, 15.0),  # assumed: every Sonnet generation so far is $3 / $15
     "claude-sonnet-4": _anthropic(3.0, 15.0), "claude-3-7-sonnet": _anthropic(3.0, 15.0),
     "claude-3-5-sonnet": _anthropic(3.0, 15.0), "claude-haiku-4": _anthropic(1.0, 5.0),
     "claude-3-5-haiku": _anthropic(0.8, 4.0), "claude-3-haiku": _anthropic(0.25, 1.25),
@@ -73,6 +81,7 @@ DEFAULT_PRICES: dict[str, Price] = {
 # Unknown models (local servers, new names) are priced like a mid-size model so that
 # budgets still bite; set the alias's prices in fleet.toml to be exact (0 for free).
 FALLBACK_PRICE = _anthropic(3.0, 15.0)
+FREE = Price(0.0, 0.0, 0.0, 0.0)
 
 
 def price_for(model: str, alias: ModelAlias | None = None) -> Price:
@@ -89,7 +98,7 @@ def price_for(model: str, alias: ModelAlias | None = None) -> Price:
 
 def empty_stats() -> dict[str, float]:
     """A zeroed stats row."""
-    return {key: 0 if key not in ("usd", "usd_saved") else 0.0 for key in STAT_KEYS}
+    return {key: 0 if key not in _USD_KEYS else 0.0 for key in STAT_KEYS}
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class Who:
     agent: str | None = None
     model: str = ""
     backend: str = ""
+    generation: int = 0  # the task's retry generation, for its budget
 
 
 class Ledger:
@@ -110,6 +120,8 @@ class Ledger:
         self.totals = empty_stats()
         self.scopes: dict[str, dict[str, dict[str, float]]] = {scope: {} for scope in (*SCOPES, "backends")}
         self.version = 0  # bumped on every change, so the saver writes only when needed
+        # task → [generation, usd, tokens]: the spend its budget counts (the latest generation only)
+        self.generations: dict[str, list[float]] = {}
         self._row_cache: dict[Who, list[dict[str, float]]] = {}
 
     def _rows(self, who: Who) -> list[dict[str, float]]:
@@ -146,13 +158,33 @@ class Ledger:
         """One upstream attempt was made (retries count each)."""
         self._add(who, {"upstream_calls": 1})
 
-    def record_billed(self, who: Who, usage: Usage, price: Price) -> float:
-        """A flight's upstream call finished: bill its usage to the request that led it; returns USD."""
+    def record_billed(self, who: Who, usage: Usage, price: Price, would_be: Price | None = None) -> float:
+        """A flight's upstream call finished: bill its usage to the request that led it; returns USD.
+
+        ``would_be`` is the model's real price when ``price`` is a free backend's: the
+        call costs $0, ``usd_would_be`` gets what it would have cost, and what dedup
+        and prompt caching saved is reckoned at that price too.
+        """
         cost = price.usd(usage)
+        basis = would_be or price  # savings of a free backend are shown at the model's price, like its cost
         self._add(who, {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                         "cache_write_tokens": usage.cache_write_tokens, "cache_read_tokens": usage.cache_read_tokens,
-                        "usd": cost, "usd_saved": price.usd_uncached(usage) - cost})
+                        "usd": cost, "usd_saved": basis.usd_uncached(usage) - basis.usd(usage),
+                        "usd_would_be": would_be.usd(usage) if would_be is not None else 0.0})
+        if who.task:
+            entry = self.generations.get(who.task)
+            if entry is None or who.generation > entry[0]:
+                entry = self.generations[who.task] = [who.generation, 0.0, 0]
+            entry[1] += cost
+            entry[2] += usage.total
         return cost
+
+    def spent(self, task_id: str, generation: int = 0) -> tuple[float, int]:
+        """(USD, tokens) that ``task_id``'s budget has used in ``generation`` (a newer one starts at zero)."""
+        entry = self.generations.get(task_id)
+        if entry is None or generation > entry[0]:
+            return 0.0, 0
+        return entry[1], int(entry[2])
 
     def record_shared(self, who: Who, how: str, usage: Usage, price: Price) -> float:
         """A request was served by dedup (``joined`` or ``hit``): nothing billed, its cost saved."""
@@ -164,29 +196,20 @@ class Ledger:
         """One task's stats (zeros when it has none yet)."""
         return dict(self.scopes["tasks"].get(task_id) or empty_stats())
 
-    def check_budget(self, task_id: str | None, max_usd: float | None, max_tokens: int | None) -> None:
-        """Raise BudgetError when a new request must be refused: the fleet or the task has spent its budget."""
-        fleet_max = self.config.fleet.max_usd
-        if fleet_max > 0 and self.totals["usd"] >= fleet_max:
-            raise BudgetError(f"the fleet has spent ${self.totals['usd']:.4f} of its ${fleet_max:g} budget; "
-                              f"raise [fleet] max_usd in fleet.toml to continue", scope="fleet", limit=fleet_max)
-        row = self.scopes["tasks"].get(task_id) if task_id else None
-        if row is None:
-            return
-        if max_usd is not None and row["usd"] >= max_usd:
-            raise BudgetError(f"task {task_id!r} has spent ${row['usd']:.4f} of its ${max_usd:g} budget; "
-                              f"raise max_usd in its task file to continue", scope="task", limit=max_usd)
-        used = row["input_tokens"] + row["output_tokens"] + row["cache_read_tokens"] + row["cache_write_tokens"]
-        if max_tokens is not None and used >= max_tokens:
-            raise BudgetError(f"task {task_id!r} has used {int(used)} of its {max_tokens} token budget; "
-                              f"raise max_tokens_budget in its task file to continue", scope="task",
-                              limit=max_tokens)
+    def check_budget(self, task_id: str | None, max_usd: float | None, max_tokens: int | None,
+                     generation: int = 0) -> None:
+        """Raise BudgetError when the fleet or the task has spent its budget (nothing reserved, no estimate)."""
+        spent = self.spent(task_id, generation) if task_id else None
+        check_budget(fleet_spent=self.totals["usd"], fleet_max=self.config.fleet.max_usd, task_id=task_id,
+                     task_spent=spent, max_usd=max_usd, max_tokens=max_tokens)
 
     def snapshot(self) -> dict[str, Any]:
         """Totals plus every scope, as plain JSON-ready dicts."""
         data: dict[str, Any] = {key: _round(key, self.totals[key]) for key in STAT_KEYS}
         for scope, table in self.scopes.items():
             data[scope] = {name: {k: _round(k, v) for k, v in row.items()} for name, row in table.items()}
+        data["budgets"] = {task: {"generation": int(g), "usd": round(usd, 9), "tokens": int(tokens)}
+                           for task, (g, usd, tokens) in self.generations.items()}
         return data
 
     def load(self, data: Mapping[str, Any]) -> None:
@@ -202,7 +225,22 @@ class Ledger:
                     for key in STAT_KEYS:
                         if isinstance(row.get(key), (int, float)):
                             target[key] = row[key]
+        self._load_budgets(data)
+
+    def _load_budgets(self, data: Mapping[str, Any]) -> None:
+        """Per-generation spend; a file from before generations counts each task's total as generation 0."""
+        saved = data.get("budgets")
+        if not isinstance(saved, Mapping):
+            self.generations = {task: [0, row["usd"], row["input_tokens"] + row["output_tokens"]
+                                       + row["cache_read_tokens"] + row["cache_write_tokens"]]
+                                for task, row in self.scopes["tasks"].items()}
+            return
+        for task, entry in saved.items():
+            try:
+                self.generations[task] = [int(entry["generation"]), float(entry["usd"]), int(entry["tokens"])]
+            except (KeyError, TypeError, ValueError):
+                continue  # a damaged entry: that task's budget starts afresh
 
 
 def _round(key: str, value: float) -> float:
-    return round(value, 9) if key in ("usd", "usd_saved") else int(value)
+    return round(value, 9) if key in _USD_KEYS else int(value)

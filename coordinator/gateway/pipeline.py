@@ -5,7 +5,10 @@ waiting on that flight, so retries and the breaker run once per flight, not once
 per client. Streams are forwarded event by event as they arrive (``Flight.push``).
 A failure before anything reached the clients is retried per the backend's policy;
 a failure after a stream started cannot be retried (the clients already hold part
-of an answer), so it ends the stream with an error event in the API's format.
+of an answer), so it ends the stream with an error event in the API's format. A
+malformed event part-way (not UTF-8, data not JSON) is such a failure: it is not
+passed on, the usage so far is billed, and nothing is cached. Every error that
+leaves a flight has the configured provider keys redacted from it first.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from typing import Any
 from ..backends.base import Backend, UpstreamRequest, UpstreamResponse
 from ..config import BackendConfig
 from ..clock import REAL_CLOCK, Clock
-from ..errors import BackendError, CircuitOpenError, FatalBackendError, RetryableError, StreamBrokenError
+from ..errors import (BackendError, CircuitOpenError, FatalBackendError, MalformedEventError, RetryableError,
+                      StreamBrokenError)
 from .accounting import Ledger, Price, Who
 from .apierrors import from_exception
 from .breaker import CircuitBreaker
+from .budgets import Reservation, no_reservation
 from .context_cache import WarmupBarrier, pick_base_url
 from .dedup import Flight, Reply
 from .dialects import Dialect, StreamScanner, Usage
+from .keys import Redactor
 from .limits import Limiter
 from .metrics import GatewayMetrics
 from .retry import RetryPolicy, retry_call
@@ -68,6 +74,8 @@ class Call:
     who: Who
     price: Price
     chain: list[Upstream]  # the routed backend, then its usable fallbacks
+    would_be: Price | None = None  # the model's price when the backend is free
+    reservation: Reservation = field(default_factory=no_reservation)  # settled when the call ends
     input_estimate: int = 0
     prefix_key: bytes = b""  # picks the server among several base_urls (per backend of the chain)
     strip_usage_chunk: bool = False
@@ -79,7 +87,9 @@ class Pipeline:
     """Runs flights against upstreams, accounting for every attempt and every result."""
 
     def __init__(self, *, ledger: Ledger, metrics: GatewayMetrics, barrier: WarmupBarrier,
-                 clock: Clock = REAL_CLOCK, rand: Callable[[], float] = random.random) -> None:
+                 clock: Clock = REAL_CLOCK, rand: Callable[[], float] = random.random,
+                 redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or Redactor(())
         self.ledger = ledger
         self.metrics = metrics
         self.barrier = barrier
@@ -99,9 +109,11 @@ class Pipeline:
             self._bill(call, reply.usage)
             flight.finish(reply)
         finally:
+            call.reservation.release()  # after billing: what was used replaces what was held
             self._release_barrier(call, warmed=flight.started)
 
     def _fail(self, flight: Flight, call: Call, exc: Exception) -> None:
+        exc = self.redactor.exception(exc)  # an upstream may echo the key in its error
         if not isinstance(exc, BackendError):
             log.exception("gateway: unexpected error in a flight to %s", call.chain[0].name)
         else:
@@ -113,7 +125,7 @@ class Pipeline:
         flight.fail(exc)
 
     def _bill(self, call: Call, usage: Usage) -> None:
-        self.ledger.record_billed(call.who, usage, call.price)
+        self.ledger.record_billed(call.who, usage, call.price, call.would_be)
 
     def _release_barrier(self, call: Call, *, warmed: bool) -> None:
         if call.warmer and call.barrier_key is not None:
@@ -201,7 +213,10 @@ class Pipeline:
                     break
                 except (RetryableError, TimeoutError, ConnectionError) as exc:
                     raise self._stream_error(flight, scanner, exc, "stream broke") from exc
-                self._forward(flight, call, scanner, chunk)
+                try:
+                    self._forward(flight, call, scanner, chunk)
+                except MalformedEventError as exc:  # part-way: clients hold the start, so it cannot be retried
+                    raise self._stream_error(flight, scanner, exc, "sent a malformed event") from exc
         finally:
             await response.aclose()
         if not scanner.complete:
@@ -218,7 +233,11 @@ class Pipeline:
                                  status=529 if scanner.error.get("type") == "overloaded_error" else 502)
         if events and not flight.events and not call.dialect.is_valid_first_event(events[0]):
             raise RetryableError(f"upstream sent a malformed stream (first event {events[0][:80]!r})", status=502)
+        if scanner.error is not None:  # the upstream's own error event may quote the key
+            events = [self.redactor.bytes(event) for event in events]
         for event in events:
+            if flight.events and not call.dialect.is_well_formed_event(event):
+                raise MalformedEventError(f"event {event[:80]!r} is not UTF-8 JSON", event=event)
             flight.push(event)
         if flight.events:
             self._release_barrier(call, warmed=True)

@@ -1,12 +1,14 @@
 """The gateway server: an aiohttp app on 127.0.0.1, its state file, and ways to run it.
 
 ``Gateway`` is the library object (``coordinator run`` embeds it with
-``start_in_thread``; ``coordinator gateway`` blocks in ``serve_forever``). It builds
-one ``Upstream`` per ``[backends.*]`` table from the API keys in the ``env`` mapping
-it is given (keys go to backends only: never to a file or a log line), serves the
-inference endpoints through ``Proxy`` plus ``/metrics``, ``/healthz`` and the stats
-endpoints, writes ``gateway.json`` (url, pid, token; mode 0600) and keeps
-``gateway-stats.json`` current so totals and budgets survive a restart.
+``start_in_thread``; ``coordinator gateway`` blocks in ``serve_forever``; both first
+call ``keys.protect_keys``). It builds one ``Upstream`` per ``[backends.*]`` table
+from the API keys in the ``env`` mapping it is given (keys go to backends only:
+never to a file, and redacted from every error and log line), serves the inference
+endpoints through ``Proxy`` plus ``/metrics``, ``/healthz``, ``/health``,
+``/v1/models`` and the stats endpoints, writes ``gateway.json`` (url, pid, token;
+mode 0600) and keeps ``gateway-stats.json`` current so totals and budgets survive a
+restart. Connections are capped and timed (``connections.py``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ from ..clock import REAL_CLOCK, Clock
 from .client import gateway_path, stats_path
 from .accounting import Ledger, empty_stats
 from .apierrors import ApiError
+from .connections import CappedSite, connection_cap
 from .context_cache import WarmupBarrier
 from .dedup import ResponseCache
-from .dialects import DEFAULT_DIALECT, DIALECTS, Dialect, dialect_for_path
+from .dialects import ANTHROPIC, DEFAULT_DIALECT, DIALECTS, OPENAI, Dialect, dialect_for_path
+from .keys import Redactor, key_values, protect_keys
+from .logthrottle import LogGuard, install
 from .metrics import BREAKER_VALUES, GatewayMetrics
 from .pipeline import Pipeline, Upstream
 from .proxy import Proxy, Router
@@ -44,7 +49,6 @@ from .tokens import new_fleet_token
 log = logging.getLogger("coordinator.gateway")
 
 SAVE_EVERY_S = 1.0
-MAX_BODY_BYTES = 64 * 1024 * 1024
 LISTEN_BACKLOG = 4096  # 1,000 clients connecting at once must not overflow the accept queue
 
 
@@ -62,17 +66,23 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.ledger = Ledger(config)
         self.metrics.watch_ledger(self.ledger.snapshot)
+        self.redactor = Redactor(key_values(env, config))
+        self.log_guard = LogGuard(self.redactor)
         self.cache = ResponseCache(ttl_s=config.gateway.cache_ttl_s,
                                    max_bytes=int(config.gateway.cache_max_mb * 1024 * 1024), clock=clock)
         self.upstreams = {name: Upstream(name, backend, config.backends[name], clock)
                           for name, backend in (backends or _make_backends(config, env)).items()}
         barrier = WarmupBarrier(wait_s=config.gateway.warmup_wait_s, clock=clock)
-        pipeline = Pipeline(ledger=self.ledger, metrics=self.metrics, barrier=barrier, clock=clock, rand=rand)
+        pipeline = Pipeline(ledger=self.ledger, metrics=self.metrics, barrier=barrier, clock=clock, rand=rand,
+                            redactor=self.redactor)
         self.proxy = Proxy(config=config, fleet_token=self.token, router=Router(config, self.upstreams),
                            pipeline=pipeline, ledger=self.ledger, metrics=self.metrics, cache=self.cache)
         self._runner: web.AppRunner | None = None
+        self._site: CappedSite | None = None
         self._saver: asyncio.Task | None = None
         self._saved_version = -1
+        self._unguard_logs: Callable[[], None] | None = None
+        self.started_at = 0
 
     @property
     def state_path(self) -> Path:
@@ -86,11 +96,14 @@ class Gateway:
 
     def app(self) -> web.Application:
         """The aiohttp application (routes only; ``start`` serves it)."""
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        # Bodies are read by intake.read_body, which enforces [gateway] max_body_mb itself.
+        app = web.Application(client_max_size=self.proxy.max_body_bytes)
         for dialect in DIALECTS.values():
             for path in dialect.paths:
                 app.router.add_post(path, self._inference(dialect))
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/coordinator/stats", self._stats)
         app.router.add_get("/v1/coordinator/usage/{task_id}", self._usage)
@@ -100,12 +113,20 @@ class Gateway:
     async def start(self) -> None:
         """Load saved totals, bind 127.0.0.1, serve, and write gateway.json."""
         self._load_stats()
+        self._unguard_logs = install(self.log_guard)
+        self.started_at = int(self.clock.wall())
+        settings = self.config.gateway
         # handler_cancellation: a client hanging up cancels its handler, which drops its
-        # reference to the flight (the flight itself runs in its own task).
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        # reference to the flight (the flight itself runs in its own task). auto_decompress
+        # off: intake inflates bodies itself, with a running cap. keepalive_timeout: the
+        # header timeout (aiohttp closes a connection that has no whole request by then).
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0,
+                                     auto_decompress=False, keepalive_timeout=settings.header_timeout_s)
         await self._runner.setup()
-        sock = _bind(self.config.gateway.host, self.port)
-        site = web.SockSite(self._runner, sock, backlog=LISTEN_BACKLOG)
+        sock = _bind(settings.host, self.port)
+        site = self._site = CappedSite(self._runner, sock, backlog=LISTEN_BACKLOG,
+                                       max_connections=connection_cap(settings.max_connections),
+                                       on_refuse=self.metrics.rejected.labels("connections").inc)
         await site.start()
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
@@ -128,6 +149,9 @@ class Gateway:
             await upstream.backend.aclose()
         self._remove_state_file()
         log.info("gateway: stopped")
+        if self._unguard_logs is not None:
+            self._unguard_logs()
+            self._unguard_logs = None
 
     def _remove_state_file(self) -> None:
         try:
@@ -178,13 +202,33 @@ class Gateway:
         return self.proxy.authenticate(request) is not None
 
     def _inference(self, dialect: Dialect) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """The handler of ``dialect``'s endpoints."""
+        """The handler of ``dialect``'s endpoints: whatever goes wrong, the client gets the API's error JSON."""
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.proxy.handle(request, dialect)
+            try:
+                return await self.proxy.handle(request, dialect)
+            except (ConnectionError, asyncio.CancelledError):
+                raise  # the client is gone: nobody to answer
+            except Exception as exc:  # noqa: BLE001 - a bug must still answer in the API's format
+                log.exception("gateway: unexpected error serving %s", request.path)
+                error = ApiError(500, f"gateway error: {type(exc).__name__}: {self.redactor.text(str(exc))}")
+                return web.Response(status=500, body=error.render(dialect), content_type="application/json")
         return handle
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pid": os.getpid(), "url": self.url})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        """What clients probe (needs a token, unlike ``/healthz``)."""
+        if not self._authorized(request):
+            return _json_error(ApiError(401, "invalid gateway token"), _dialect_of(request))
+        return web.json_response({"ok": True, "status": "ok", "pid": os.getpid(), "url": self.url})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """The configured ``[models]`` aliases in the asking API's list format."""
+        dialect = _dialect_of(request)
+        if not self._authorized(request):
+            return _json_error(ApiError(401, "invalid gateway token"), dialect)
+        return web.json_response(dialect.model_list(self.proxy.router.model_entries(self.started_at)))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         for name, upstream in self.upstreams.items():
@@ -193,14 +237,24 @@ class Gateway:
         return web.Response(body=self.metrics.render(), headers={"content-type": self.metrics.content_type})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        """Fleet-wide figures: the fleet token only (a task must not read other tasks' usage)."""
+        claims = self.proxy.authenticate(request)
+        if claims is None:
             return _json_error(ApiError(401, "invalid gateway token"))
+        if claims.task_id is not None:
+            return _json_error(ApiError(403, "the stats need the fleet token; a task token may read only "
+                                             "/v1/coordinator/usage/<its task id>"))
         return web.json_response(self.stats())
 
     async def _usage(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
+        """One task's row: the fleet token, or that task's own token."""
+        claims = self.proxy.authenticate(request)
+        task_id = request.match_info["task_id"]
+        if claims is None:
             return _json_error(ApiError(401, "invalid gateway token"))
-        return web.json_response(self.ledger.task_row(request.match_info["task_id"]))
+        if claims.task_id is not None and claims.task_id != task_id:
+            return _json_error(ApiError(403, f"a task token may read only its own task's usage, not {task_id!r}"))
+        return web.json_response(self.ledger.task_row(task_id))
 
     async def _not_found(self, request: web.Request) -> web.Response:
         error = ApiError(404, f"no such endpoint: {request.method} {request.path}")
@@ -208,9 +262,14 @@ class Gateway:
                             body=error.render(dialect_for_path(request.path)))
 
 
-def _json_error(error: ApiError) -> web.Response:
-    return web.Response(status=error.status, body=error.render(DEFAULT_DIALECT), content_type="application/json",
+def _json_error(error: ApiError, dialect: Dialect = DEFAULT_DIALECT) -> web.Response:
+    return web.Response(status=error.status, body=error.render(dialect), content_type="application/json",
                         headers=error.headers)
+
+
+def _dialect_of(request: web.Request) -> Dialect:
+    """Which API a path shared by both (``/v1/models``) is asked in: the Anthropic SDK sends anthropic-version."""
+    return ANTHROPIC if "anthropic-version" in request.headers else OPENAI
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -255,6 +314,7 @@ class GatewayHandle:
 def start_in_thread(config: FleetConfig, env: Mapping[str, str], port: int | None = None,
                     **options: Any) -> GatewayHandle:
     """Start a gateway on a daemon thread; returns once it serves (raises if it cannot start)."""
+    env = protect_keys(env, config)  # this process now holds the keys: not dumpable, not in os.environ
     ready = threading.Event()
     box: dict[str, Any] = {}
 
@@ -296,21 +356,26 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def tune_gc() -> None:
-    """Make the cyclic GC cheaper for a long-lived server process (process-wide, so opt-in).
+    """The gateway process's GC policy: the collector's defaults, on purpose.
 
-    Freezing what start-up allocated keeps full collections from rescanning it, and a
-    larger young generation means far fewer collections: together ~15-20% less CPU per
-    proxied request in ``bench_http_stack.py``, with RSS unchanged. Reference cycles are
-    still collected, just in bigger batches.
+    It used to freeze the start-up heap (``gc.freeze``) and raise the young
+    generation to 20,000 objects, for ~15-20% less CPU per request. That kept
+    cyclic garbage alive: a refused 200 MB gzip body, caught in its exception's
+    traceback cycle, stayed in memory (4.4 GB after 8 such bodies). Without the
+    tuning the same flood returns to idle memory
+    (``tests/test_gateway_hardening.py``); what that costs is in docs/gateway.md
+    ("Performance"). Kept as a function because ``coordinator run`` calls it.
     """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(*_DEFAULT_GC_THRESHOLDS)
+
+
+_DEFAULT_GC_THRESHOLDS = gc.get_threshold()
 
 
 def serve_forever(config: FleetConfig, env: Mapping[str, str], port: int | None = None, *,
                   on_ready: Callable[[Gateway], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly (what ``coordinator gateway`` runs)."""
+    env = protect_keys(env, config)  # this process now holds the keys: not dumpable, not in os.environ
     tune_gc()  # this process is the gateway and nothing else
 
     async def main() -> None:

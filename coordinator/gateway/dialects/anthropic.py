@@ -12,6 +12,7 @@ a block with ``cache_control``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,6 +62,14 @@ class AnthropicDialect(Dialect):
         return Usage(input_tokens=count(fields.get("input_tokens")), output_tokens=count(fields.get("output_tokens")),
                      cache_write_tokens=count(fields.get("cache_creation_input_tokens")),
                      cache_read_tokens=count(fields.get("cache_read_input_tokens")))
+
+    def model_list(self, models: list[tuple[str, str, int]]) -> dict[str, Any]:
+        """Anthropic's paged list: ``data``, ``has_more``, ``first_id``, ``last_id``."""
+        data = [{"type": "model", "id": model_id, "display_name": name,
+                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))}
+                for model_id, name, created in models]
+        return {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}
 
     def usage_fields(self, usage: Usage) -> dict[str, Any]:
         """The ``usage`` object, in the API's key order."""

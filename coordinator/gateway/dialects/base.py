@@ -148,6 +148,7 @@ class Dialect(ABC):
     key_headers: ClassVar[tuple[str, ...]] = ()  # request headers that change the answer (dedup keys)
     request_id_header: ClassVar[str]
     final_markers: ClassVar[tuple[bytes, ...]]  # bytes whose presence in a stream's tail means it finished
+    end_sentinel: ClassVar[str | None] = None  # data that is not JSON but ends a stream (OpenAI's [DONE])
     cache_marks: ClassVar[bool] = False  # the provider caches a prefix only where ``cache_control`` marks it
     error_types: ClassVar[Mapping[int, str]]
 
@@ -242,6 +243,18 @@ class Dialect(ABC):
         """The request's limit on generated tokens, as the client gave it (None when absent)."""
         return body.get("max_tokens")
 
+    def body_problem(self, body: Mapping[str, Any]) -> str | None:
+        """Why the gateway cannot read ``body`` (a field of the wrong type it relies on), or None.
+
+        Only fields the gateway itself reads are checked; everything else is the
+        upstream's to judge, so unknown fields and roles still pass through.
+        """
+        return None
+
+    @abstractmethod
+    def model_list(self, models: list[tuple[str, str, int]]) -> dict[str, Any]:
+        """``GET /v1/models`` in this API's list format, from (id, display name, created unix time)."""
+
     # Streams
 
     def scanner(self, *, strip_usage_chunk: bool = False) -> StreamScanner:
@@ -255,6 +268,20 @@ class Dialect(ABC):
     def is_stream_end(self, tail: bytes) -> bool:
         """Whether the last bytes of a stream include its final event (else it was cut short)."""
         return any(marker in tail for marker in self.final_markers)
+
+    def is_well_formed_event(self, raw: bytes) -> bool:
+        """UTF-8, with data that is a JSON object (or the API's end sentinel, or no data at all).
+
+        A later event that fails this is a broken stream, not content to pass on:
+        clients cannot parse it, and a reply holding it must never be cached.
+        """
+        try:
+            event = parse_event(raw)
+            if event.data and event.data.strip() != self.end_sentinel:
+                event.json()
+        except MalformedEventError:
+            return False
+        return True
 
     @abstractmethod
     def is_valid_first_event(self, raw: bytes) -> bool:

@@ -32,6 +32,7 @@ class OpenAIDialect(Dialect):
     path_words = ("chat", "completions")
     request_id_header = "x-request-id"
     final_markers = (b"[DONE]",)
+    end_sentinel = _DONE
     error_types = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_exceeded"}
 
@@ -79,6 +80,18 @@ class OpenAIDialect(Dialect):
     def with_stream_usage(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with ``stream_options.include_usage`` set."""
         return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+
+    def body_problem(self, body: Mapping[str, Any]) -> str | None:
+        """``stream_options`` must be an object: the gateway reads and extends it."""
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            return f"stream_options must be an object, not {type(options).__name__}"
+        return None
+
+    def model_list(self, models: list[tuple[str, str, int]]) -> dict[str, Any]:
+        """OpenAI's ``{"object": "list", "data": [model, ...]}``."""
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "coordinator"} for model_id, _, created in models]}
 
     def max_output_tokens(self, body: Mapping[str, Any]) -> Any:
         """``max_completion_tokens``, or the older ``max_tokens``."""
