@@ -37,7 +37,9 @@ kind = "auto"
 # max_concurrency = 64
 
 [models]
-default = { backend = "default", model = "claude-sonnet-4-5" }
+# With no model named, the default alias uses the newest Sonnet the installed anthropic SDK
+# lists and does not deprecate; name one to pin it: { backend = "default", model = "..." }.
+default = { backend = "default" }
 
 [agents.llm]
 kind = "llm"

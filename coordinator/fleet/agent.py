@@ -24,7 +24,7 @@ from ..clock import poll
 from ..config import AgentConfig, FleetConfig
 from ..errors import ClaimLostError, ConfigError, CoordinatorError, StateError
 from ..gateway.client import GatewayInfo, read_gateway
-from ..paths import confine, open_workdir
+from ..paths import open_workdir
 from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
 from ..queue.view import QueueView
 from ..runners import RunContext, RunResult, get_runner
@@ -166,11 +166,14 @@ class Agent:
                                         run=run_dir(self.config, task.id, claim.epoch), env=self.env,
                                         should_stop=self._should_stop, on_phase=self._on_phase)
             root = self.space.path if self.space else self.config.root
-            workdir = confine(root, task.workdir or ".", what="workdir")
+            # Opened once, component by component, without following symlinks; the path is only
+            # for display and placeholders (resolving it again would race a swapped symlink).
+            workdir_fd = open_workdir(root, task.workdir or ".")
+            workdir = Path(os.path.normpath(Path(root).resolve() / (task.workdir or ".")))
             if self.space is None and workdir.is_relative_to(self.config.state_dir.resolve()):
+                os.close(workdir_fd)
                 raise ConfigError(f"{task.workdir!r} is inside the state folder; use a folder of your own",
                                   key="workdir")
-            workdir_fd = open_workdir(root, task.workdir or ".")
         except CoordinatorError as exc:  # a bad task fails its attempt, not the agent
             if self.space is not None:
                 self.space.close_or_warn(self.notes.warn)

@@ -20,7 +20,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..atomic import PRIVATE_FILE, read_json, write_json_atomic
+from ..atomic import PRIVATE_DIR, PRIVATE_FILE, read_json, write_json_atomic
 from ..config import FleetConfig
 from ..errors import FleetRunningError
 from ..gateway.client import read_gateway
@@ -30,7 +30,7 @@ CHECK_EVERY_S = 1.0
 
 def hold_fleet(config: FleetConfig) -> FileLock:
     """Take the fleet root's run lock, or raise ``FleetRunningError`` naming the run that has it."""
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     lock = FileLock(config.state_dir / "run.lock", mode=PRIVATE_FILE)
     try:
         lock.acquire(timeout=0)

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..atomic import private_umask
+from ..atomic import PRIVATE_DIR, USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import FleetConfig
 from ..errors import StateError
@@ -75,11 +75,13 @@ class Supervisor:
         self.started_at = time.monotonic()
         self.notes = Notes(self.store, "coordinator run")
         self.logs_dir = config.state_dir / "logs"
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        self.user_umask = private_umask()  # state, logs and the gateway's files are the user's alone
 
     def agent_env(self) -> dict[str, str]:
-        """The agents' environment: the caller's, without provider keys (``provider_keys.py``)."""
-        return without_secrets(self.options.env, self.config)
+        """The agents' environment: the caller's, without provider keys (``provider_keys.py``), with the
+        user's umask for the programs tasks run (this process creates its own files private)."""
+        return {**without_secrets(self.options.env, self.config), USER_UMASK_ENV: oct(self.user_umask)}
 
     def spawn(self, slot: AgentProc) -> None:
         """Start (or restart) one agent process."""
@@ -234,7 +236,6 @@ class Display(AbstractContextManager, Protocol):
 
 def run_fleet(config: FleetConfig, options: FleetOptions, make_display: Callable[[], Display]) -> int:
     """``coordinator run``: gateway + supervisor + display; returns the exit code."""
-    private_umask()  # state, logs and the gateway's files are the user's alone
     lock = hold_fleet(config)
     supervisor = Supervisor(config, options)
     keeper = GatewayKeeper(config, options.env, supervisor.notes.event)

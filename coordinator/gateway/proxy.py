@@ -202,8 +202,10 @@ class Proxy:
         no_store = request.headers.get("x-coordinator-cache", "").strip().lower() == "no-store"
         use_dedup = self.config.gateway.dedup and not no_store
         key = dedup_key(dialect, path, ask.route.chain[0].name, request.headers, body) if use_dedup else None
-        # A retried attempt must not get the answer that just failed it: no cache, but joining is fine.
-        if key is not None and ask.claims.attempt <= 1 and (reply := self.cache.get(key)) is not None:
+        # A retried attempt (attempt 2+, or after `coordinator retry`: a new generation) must not get
+        # the answer that just failed it: no cache, but joining a flight in progress is fine.
+        fresh = ask.claims.attempt > 1 or ask.claims.generation > 0
+        if key is not None and not fresh and (reply := self.cache.get(key)) is not None:
             self.ledger.record_shared(ask.who, "hit", reply.usage, ask.route.would_be or ask.route.price)
             return _respond(dialect, reply, stream, body, "hit")
         flight = self.flights.get(key) if key is not None else None

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from ..backends.base import Backend
-from ..atomic import PRIVATE_FILE, write_json_atomic
+from ..atomic import PRIVATE_DIR, PRIVATE_FILE, write_json_atomic
 from ..config import FleetConfig
 from ..clock import REAL_CLOCK, Clock
 from .client import gateway_path, stats_path
@@ -130,7 +130,7 @@ class Gateway:
         await site.start()
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         write_json_atomic(self.state_path, {"url": self.url, "pid": os.getpid(), "token": self.token},
                           mode=PRIVATE_FILE, indent=1)
         self._saver = asyncio.get_running_loop().create_task(self._save_loop())

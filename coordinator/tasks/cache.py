@@ -16,7 +16,7 @@ import pickle
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from ..atomic import write_bytes_atomic
+from ..atomic import PRIVATE_DIR, write_bytes_atomic
 from ..config import FleetConfig
 from .graph import TaskSet
 from .index import TaskIndex, no_gc
@@ -66,7 +66,7 @@ def save_index(config: FleetConfig, index: TaskIndex) -> None:
         return
     path = cache_path(config)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         data = pickle.dumps((cache_key(config), index.export()), protocol=pickle.HIGHEST_PROTOCOL)
         write_bytes_atomic(path, data)
     except OSError:
