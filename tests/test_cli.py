@@ -657,7 +657,8 @@ def test_subprocess_gateway_serves_until_sigterm(make_fleet) -> None:
         info = wait_for(published, timeout=30, what="gateway.json")
         assert stat.S_IMODE(info_path.stat().st_mode) == 0o600
         assert info["pid"] == gateway.pid and info["url"].startswith("http://127.0.0.1:") and info["token"]
-        with urllib.request.urlopen(info["url"] + "/healthz", timeout=10) as response:
+        probe = urllib.request.Request(info["url"] + "/healthz", headers={"x-api-key": info["token"]})
+        with urllib.request.urlopen(probe, timeout=10) as response:
             assert response.status == 200 and json.loads(response.read())["ok"] is True
         live = json.loads(run_cli(root, "status", "--json").stdout)["gateway"]
         assert live["running"] and live["url"] == info["url"]

@@ -39,7 +39,8 @@ def test_gateway_json_is_private_names_the_server_and_goes_away_at_stop(make_fle
     data = json.loads(path.read_text())
     assert data == {"url": gw.url, "pid": os.getpid(), "token": gw.token}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and gw.url.startswith("http://127.0.0.1:")
-    assert httpx.get(f"{gw.url}/healthz").json()["ok"] is True
+    assert httpx.get(f"{gw.url}/healthz").status_code == 401, "every endpoint needs a token"
+    assert httpx.get(f"{gw.url}/healthz", headers={"x-api-key": gw.token}).json()["ok"] is True
     gw.stop()
     assert not path.exists()
 
@@ -62,7 +63,9 @@ def test_stats_have_the_contract_keys_per_task_agent_model_and_backend(start_gat
     usage = httpx.get(f"{gw.url}/v1/coordinator/usage/t-1", headers={"authorization": f"Bearer {gw.token}"}).json()
     assert usage == stats["tasks"]["t-1"]
     assert httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": "nope"}).status_code == 401
-    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert httpx.get(f"{gw.url}/metrics").status_code == 401
+    assert httpx.get(f"{gw.url}/metrics", headers={"x-api-key": token}).status_code == 403
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {gw.token}"}).text
     assert "coordinator_gateway_dedup_hits_total 1.0" in metrics and "coordinator_gateway_requests_total 2.0" in metrics
     assert f'coordinator_gateway_tokens_total{{kind="output",model="{MODEL}"}}' in metrics
 

@@ -215,10 +215,13 @@ class Gateway:
         return handle
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """The coordinator's own liveness check (any valid token)."""
+        if not self._authorized(request):
+            return _json_error(ApiError(401, "invalid gateway token"), _dialect_of(request))
         return web.json_response({"ok": True, "pid": os.getpid(), "url": self.url})
 
     async def _health(self, request: web.Request) -> web.Response:
-        """What clients probe (needs a token, unlike ``/healthz``)."""
+        """What clients probe (any valid token)."""
         if not self._authorized(request):
             return _json_error(ApiError(401, "invalid gateway token"), _dialect_of(request))
         return web.json_response({"ok": True, "status": "ok", "pid": os.getpid(), "url": self.url})
@@ -231,6 +234,11 @@ class Gateway:
         return web.json_response(dialect.model_list(self.proxy.router.model_entries(self.started_at)))
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text, for the fleet token only (scrape with ``authorization: Bearer <token>``)."""
+        claims = self.proxy.authenticate(request)
+        if claims is None or claims.task_id is not None:
+            return _json_error(ApiError(401 if claims is None else 403, "metrics need the fleet token"),
+                               _dialect_of(request))
         for name, upstream in self.upstreams.items():
             self.metrics.breaker.labels(name).set(BREAKER_VALUES[upstream.breaker.state])
         self.metrics.pending.set(self.proxy.pending)
