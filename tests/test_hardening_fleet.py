@@ -475,3 +475,22 @@ def test_placeholders_written_in_a_prompt_reach_the_command_unchanged(make_fleet
     result = run_cli(root, "run", "-n", "1", "--until-empty", "--no-dashboard", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (run_dir(root, "literal") / "output.md").read_text() == prompt
+
+
+def test_show_reports_the_prompt_a_run_used_after_the_task_file_is_edited(make_fleet) -> None:
+    root = make_fleet("""
+        [fleet]
+        default_agent = "echo"
+        [agents.echo]
+        kind = "command"
+        command = ["true"]
+    """, {"t.toml": 'prompt = "the original prompt"\n'})
+    assert run_cli(root, "agent", "--until-empty").returncode == 0
+    show = json.loads(run_cli(root, "show", "t", "--json").stdout)
+    assert show["last_run_prompt"] is None, "unchanged: nothing to point out"
+    (root / "tasks" / "t.toml").write_text('prompt = "an edited prompt"\n')
+    show = json.loads(run_cli(root, "show", "t", "--json").stdout)
+    assert show["task"]["prompt"] == "an edited prompt"
+    assert show["last_run_prompt"]["prompt"] == "the original prompt"
+    text = run_cli(root, "show", "t").stdout
+    assert "prompt as run 1 used it" in text and "the original prompt" in text

@@ -15,7 +15,7 @@ from typing import Any
 from ..atomic import read_json
 from ..config import FleetConfig
 from ..errors import TaskError
-from ..fleet.workspace import runs_root
+from ..fleet.workspace import run_dirs, runs_root
 from ..queue.view import QueueView
 from ..store import Claim, Record, Store, open_store
 from ..tasks import InvalidFile, State, TaskSet
@@ -107,7 +107,21 @@ def task_detail(config: FleetConfig, task_id: str) -> dict[str, Any]:
     return {"task": {**task.model_dump(mode="json"), "source": task.source}, "state": row.state,
             "reason": row.reason, "record": record.to_json() if record else None,
             "claim": claim.to_json() if claim else None, "runs_dir": str(runs),
-            "run_usage": [read_json(p) for p in sorted(runs.glob("*/usage.json"))]}
+            "run_usage": [read_json(p) for p in sorted(runs.glob("*/usage.json"))],
+            "last_run_prompt": last_run_prompt(config, task_id, task.rendered_prompt())}
+
+
+def last_run_prompt(config: FleetConfig, task_id: str, current: str) -> dict[str, Any] | None:
+    """The prompt the latest run used, when the task file has changed it since (None if the same).
+
+    Each run keeps its prompt (``runs/<id>/<epoch>/prompt.md``), so ``show`` never
+    reports an edited prompt as the one that ran.
+    """
+    runs = [d for d in run_dirs(config, task_id) if (d / "prompt.md").is_file()]
+    if not runs:
+        return None
+    used = (runs[-1] / "prompt.md").read_text(encoding="utf-8", errors="replace")
+    return None if used == current else {"run": int(runs[-1].name), "prompt": used}
 
 
 def invalid_detail(bad: InvalidFile) -> dict[str, Any]:

@@ -93,6 +93,10 @@ def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(task["prompt"], markup=False, highlight=False)
+    ran = data.get("last_run_prompt")
+    if ran:  # the task file changed after its last run: say what that run really used
+        console.print(f"prompt as run {ran['run']} used it (the task file has changed since):", markup=False)
+        console.print(ran["prompt"], markup=False, highlight=False)
 
 
 def _invalid_detail(data: dict[str, Any], console: Console) -> None:
