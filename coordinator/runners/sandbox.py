@@ -4,7 +4,8 @@ What the sandbox gives a command agent and the programs it starts:
 
 * its own PID namespace, so no other process (the gateway, other agents) shows
   in ``/proc``, and their environments cannot be read;
-* the root filesystem read-only, a private ``/tmp``;
+* the root filesystem read-only, ``/tmp`` included (``TMPDIR`` points into the
+  run folder instead: the program itself may live under ``/tmp``);
 * writable: its workdir (bound by the descriptor the agent opened, so a swapped
   symlink cannot redirect it), its run folder, and a home of its own per agent
   (``<state_dir>/homes/<agent>``, kept between tasks for tools' caches);
@@ -45,7 +46,10 @@ def sandboxed(argv: list[str], *, agent_name: str, state_dir: Path, run_dir: Pat
     home.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     work = ["--bind-fd", str(workdir_fd), str(workdir)] if workdir_fd is not None else \
         ["--bind", str(workdir), str(workdir)]
+    scratch = run_dir / "tmp"  # /tmp stays read-only like the rest: programs may live there (a venv)
+    scratch.mkdir(exist_ok=True, mode=PRIVATE_DIR)
     return [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             *work, "--tmpfs", str(state), "--bind", str(run_dir), str(run_dir), "--bind", str(home), str(home),
-            "--setenv", "HOME", str(home), "--setenv", "TMPDIR", "/tmp", "--chdir", str(workdir), "--", *argv]
+            "--setenv", "HOME", str(home), "--setenv", "TMPDIR", str(scratch), "--chdir", str(workdir),
+            "--", *argv]
