@@ -29,6 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic
 from ..errors import CoordinatorError, MalformedEventError
 from ..gateway.sse import iter_events
 from ..paths import expand_globs
@@ -142,14 +143,14 @@ def run(ctx: RunContext) -> RunResult:
         body = assemble(ctx)
     except (ValueError, OSError, CoordinatorError) as exc:  # a bad glob fails the task, not the agent
         return RunResult(False, str(exc))
-    (ctx.run_dir / "request.json").write_text(json.dumps(body, indent=1), encoding="utf-8")
+    write_json_atomic(ctx.run_dir / "request.json", body, indent=1)
     with open(ctx.run_dir / "stdout.log", "a", encoding="utf-8") as out:
         try:
             text, usage, error = infer(ctx, body, out)
         except GatewayUnreachable as exc:
             return RunResult(False, str(exc), infra=True)
     (ctx.run_dir / "output.md").write_text(text, encoding="utf-8")
-    (ctx.run_dir / "usage.json").write_text(json.dumps(usage), encoding="utf-8")
+    write_json_atomic(ctx.run_dir / "usage.json", usage)
     if error:
         return RunResult(False, error, usage)
     error = check_acceptance(ctx, ctx.timeout_s - (time.monotonic() - started))
