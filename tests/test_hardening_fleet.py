@@ -385,6 +385,11 @@ def test_a_full_disk_costs_a_wait_and_one_line_never_a_crash_or_a_second_run(mak
             result = run_cli(root, command)
             assert "Traceback" not in result.stdout + result.stderr, (command, result.stderr)
             assert len(result.stderr.splitlines()) <= 1, (command, result.stderr)
+        (root / "tasks" / "late.toml").write_text('prompt = "one more"\n')
+        result = run_cli(root, "run", "-n", "1", "--until-empty", "--no-dashboard", timeout=60)
+        assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr, result.stderr
+        assert result.stderr.startswith("error: cannot write ") and "Read-only file system" in result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
     finally:
         if agent is not None:
             stop(agent)

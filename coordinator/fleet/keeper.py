@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 
 from ..atomic import PRIVATE_DIR, PRIVATE_FILE, read_json, write_json_atomic
 from ..config import FleetConfig
-from ..errors import FleetRunningError
+from ..errors import FleetRunningError, StateError
 from ..gateway.client import read_gateway
 
 CHECK_EVERY_S = 1.0
@@ -30,15 +30,18 @@ CHECK_EVERY_S = 1.0
 
 def hold_fleet(config: FleetConfig) -> FileLock:
     """Take the fleet root's run lock, or raise ``FleetRunningError`` naming the run that has it."""
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    lock = FileLock(config.state_dir / "run.lock", mode=PRIVATE_FILE)
+    path = config.state_dir / "run.lock"
+    lock = FileLock(path, mode=PRIVATE_FILE)
     try:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         lock.acquire(timeout=0)
+        write_json_atomic(config.state_dir / "run.json", {"pid": os.getpid(), "started_at": time.time()},
+                          mode=PRIVATE_FILE)
     except Timeout:
         holder = read_json(config.state_dir / "run.json")
         raise FleetRunningError(config.root, holder.get("pid") if isinstance(holder, dict) else None) from None
-    write_json_atomic(config.state_dir / "run.json", {"pid": os.getpid(), "started_at": time.time()},
-                      mode=PRIVATE_FILE)
+    except OSError as exc:  # disk full, read-only: one line naming the path and the fix
+        raise StateError(exc.filename or path, exc) from exc
     return lock
 
 

@@ -55,8 +55,14 @@ class FileStore(LockedStore):
                 folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         self._file_lock = FileLock(state_dir / "queue.lock", poll_interval=LOCK_POLL_S, mode=PRIVATE_FILE)
 
-    def _lock(self) -> FileLock:
-        return self._file_lock
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with writing(self._file_lock.lock_file):  # a read-only state dir cannot even hold the lock
+            self._file_lock.acquire()
+        try:
+            yield
+        finally:
+            self._file_lock.release()
 
     def _put_claim(self, claim: Claim) -> None:
         path = self.claims_dir / f"{claim.task}.json"
