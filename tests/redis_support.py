@@ -81,6 +81,8 @@ class RedisServer:
 
         try:
             return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except (redis.AuthenticationError, redis.ResponseError):
+            return True  # it answers, and wants a password
         except redis.ConnectionError:
             return False
 

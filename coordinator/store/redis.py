@@ -90,6 +90,9 @@ class RedisStore(Store):
         """Translate redis-py's failures into the store's errors, once, here."""
         try:
             yield
+        except redis.AuthenticationError as exc:
+            raise StoreError(f"the state store at {self.url} refused the password; put the right one in the "
+                             "variable [fleet] state_password_env names", url=self.url) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailableError(self.url, str(exc) or type(exc).__name__) from exc
         except redis.ResponseError as exc:
