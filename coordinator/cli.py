@@ -41,10 +41,17 @@ class Context:
         from .errors import ConfigError  # noqa: PLC0415
 
         try:
-            return load_config(self.root)
+            config = load_config(self.root)
         except OSError as exc:  # fleet.toml is a folder or unreadable: one line, not a traceback
             raise ConfigError(f"cannot read it ({exc.strerror}); make it a readable TOML file",
                               path=exc.filename) from exc
+        name = config.fleet.state_password_env
+        if name is None:
+            return config
+        if name not in os.environ:
+            raise ConfigError(f"{name} is not set; export the state store's password in it",
+                              key="fleet.state_password_env")
+        return config.with_state_password(os.environ[name])
 
 
 def _print_version(wanted: bool) -> None:

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
 from .errors import ConfigError
 from .validation import TYPE_FIXES, all_errors, did_you_mean, header_lines, key_line, toml_error_line, toml_error_reason
@@ -40,6 +40,18 @@ class FleetSection(_Strict):
     max_usd: float = Field(0.0, ge=0)
     retry_backoff_s: float = Field(2.0, ge=0)  # a failed attempt's task waits this, doubling per attempt
     retry_backoff_max_s: float = Field(120.0, ge=0)
+    # Where claims and records live: "file" (under state_dir, one host) or "redis://host:port/db"
+    # (DESIGN §13; its password from the variable state_password_env names, never from this file).
+    state: str = "file"
+    state_password_env: str | None = None
+    state_name: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")  # the fleet's name in a shared Redis; "" = root's name
+
+    @field_validator("state")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value != "file" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError('must be "file" or a Redis URL such as "redis://127.0.0.1:6379/0"')
+        return value
 
 
 class GatewaySection(_Strict):
@@ -184,6 +196,19 @@ class FleetConfig(_Strict):
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
     models: dict[str, ModelAlias] = Field(default_factory=_default_models)
     agents: dict[str, AgentConfig] = Field(default_factory=_default_agents)
+    # The store's password, read from the environment by the CLI (never parsed from fleet.toml).
+    _state_password: str | None = PrivateAttr(None)
+
+    def with_state_password(self, password: str | None) -> FleetConfig:
+        """This config carrying the state store's password, which the edge read from the environment."""
+        config = self.model_copy()
+        config._state_password = password
+        return config
+
+    @property
+    def state_password(self) -> str | None:
+        """The state store's password, if the edge supplied one."""
+        return self._state_password
 
     @model_validator(mode="after")
     def _keep_builtins(self) -> FleetConfig:

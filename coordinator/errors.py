@@ -7,6 +7,9 @@
     ├── TaskError(task_id)              unknown id, invalid state change
     ├── ClaimLostError(task, epoch)     fencing: someone else holds the task now
     ├── StateError(path)                the state folder cannot be written (disk full, read-only)
+    ├── StoreError(url)                 a networked store (Redis) is not usable
+    │   ├── StoreUnavailableError       it cannot be reached
+    │   └── IncarnationError            it was wiped or replaced under the fleet
     ├── FleetRunningError(pid)          a second `coordinator run` (or gateway) in a fleet root that has one
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
     ├── GitError(argv, returncode)      a git command of the workspace lifecycle failed
@@ -83,6 +86,38 @@ class StateError(CoordinatorError):
         reason = exc.strerror or str(exc)
         fix = "free some disk space" if exc.errno == 28 else f"make {Path(path).parent} writable"
         super().__init__(f"cannot write {path} ({reason}); {fix}, then try again")
+
+
+class StoreError(CoordinatorError):
+    """A networked store (Redis) is not usable; ``url`` names it without its password."""
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        self.url = url
+        super().__init__(message)
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached (refused, timed out, reset); worth waiting for."""
+
+    def __init__(self, url: str, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"cannot reach the state store at {url}{detail}; start it or fix [fleet] state, "
+                         f"then try again", url=url)
+
+
+class IncarnationError(StoreError):
+    """The store's incarnation is missing or not the one this fleet knew: it was wiped or replaced.
+
+    Going on would reissue epochs that fenced claims already hold, so the fleet halts.
+    """
+
+    def __init__(self, url: str, expected: str, found: str | None, *, marker: Path | str | None = None) -> None:
+        self.expected = expected
+        self.found = found
+        what = "has no incarnation" if found is None else f"has incarnation {found}, not {expected}"
+        undo = f"; if that is intended, delete {marker} and start again" if marker else ""
+        super().__init__(f"the state store at {url} {what}: it was wiped or replaced, so the fleet halts "
+                         f"rather than reissue claims{undo}", url=url)
 
 
 class FleetRunningError(CoordinatorError):

@@ -15,7 +15,11 @@ import socket
 
 import psutil
 
-HOST = socket.gethostname()
+HOST_ENV = "COORDINATOR_HOST"
+# This host's identity on claims. PID checks apply only to claims of the same host; claims of
+# other hosts expire by lease. COORDINATOR_HOST overrides it (two fleets' "hosts" on one
+# machine, or a container whose hostname changes): read once, here, at import.
+HOST = os.environ.get(HOST_ENV) or socket.gethostname()
 # psutil derives start times from boot time + clock ticks; two reads of one
 # process agree far closer than this, while a reused PID differs by much more.
 START_TIME_TOLERANCE_S = 0.05

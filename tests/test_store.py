@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from coordinator.clock import ManualClock
 from coordinator.queue.claims import current_holder
@@ -10,7 +13,12 @@ from coordinator.store.base import Record
 from coordinator.store.file import FileStore
 from coordinator.store.memory import MemoryStore
 from coordinator.tasks.model import State
+from tests.redis_support import RedisServer, redis_missing, redis_server  # noqa: F401  (fixture)
 from tests.store_contract import LEASE_S, StoreContract
+
+if redis_missing() is None:
+    from coordinator.store.redis import RedisStore
+    from coordinator.store.redis_setup import connect
 
 
 class TestFileStore(StoreContract):
@@ -69,3 +77,20 @@ class TestMemoryStore(StoreContract):
 
     def make_store(self, clock: ManualClock) -> MemoryStore:
         return MemoryStore(clock=clock)
+
+
+class TestRedisStore(StoreContract):
+    """The store for fleets beyond one host: each operation one Lua script on a real redis-server."""
+
+    store: RedisStore
+
+    @pytest.fixture(autouse=True)
+    def _fresh_store(self, tmp_path: Path, redis_server: RedisServer) -> None:
+        redis_server.flush()
+        self.server = redis_server
+        self.tmp_path = tmp_path
+        self.clock = ManualClock()
+        self.store = self.make_store(self.clock)
+
+    def make_store(self, clock: ManualClock) -> RedisStore:
+        return connect(self.server.url, fleet="contract", marker=self.tmp_path / "incarnation", clock=clock)

@@ -66,6 +66,7 @@ class Agent:
         # Keys never pass on (an agent started by hand has them in its environment); state is
         # written private, and the programs tasks run get the user's own umask back.
         self.env = {**without_secrets(env, config), USER_UMASK_ENV: oct(private_umask())}
+        self.env.pop(config.fleet.state_password_env or "", None)  # the state store's password is ours alone
         self.until_empty = until_empty
         self.agent_override = agent_override
         self.supervisor_pid = supervisor_pid

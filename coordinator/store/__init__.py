@@ -16,7 +16,13 @@ __all__ = ["Claim", "Holder", "Record", "Store", "open_store"]
 
 
 def open_store(config: FleetConfig) -> Store:
-    """The store a fleet's config names: today the file store under ``[fleet] state_dir``."""
-    from .file import FileStore  # noqa: PLC0415  (filelock only where a store is opened)
+    """The store ``[fleet] state`` names: the file store under ``state_dir``, or Redis (DESIGN §13)."""
+    if config.fleet.state == "file":
+        from .file import FileStore  # noqa: PLC0415  (filelock only where a store is opened)
 
-    return FileStore(config.state_dir)
+        return FileStore(config.state_dir)
+    from .redis_setup import INCARNATION_FILE, connect  # noqa: PLC0415  (redis-py is an optional extra)
+
+    return connect(config.fleet.state, password=config.state_password,
+                   fleet=config.fleet.state_name or config.root.resolve().name,
+                   marker=config.state_dir / INCARNATION_FILE)

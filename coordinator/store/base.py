@@ -43,10 +43,16 @@ class Claim:
     child_pid: int | None = None  # the runner's process group, killed if the claim is taken over
     child_started_at: float | None = None
     generation: int = 0  # the record's retry generation when claimed (budgets start afresh with it)
+    # A networked store's random fence beside the epoch: it tells a retried call (outcome
+    # unknown) by this very claim from a stale one. The file store has none.
+    token: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The claim as stored."""
-        return asdict(self)
+        """The claim as stored (without a token when the store uses none, as the file store's JSON)."""
+        data = asdict(self)
+        if data["token"] is None:
+            del data["token"]
+        return data
 
 
 @dataclass
@@ -117,7 +123,7 @@ def record_from(data: Any) -> Record | None:
 
 
 class Store(ABC):
-    """The storage contract every backend implements (file, memory; Redis later)."""
+    """The storage contract every backend implements (file, memory, Redis)."""
 
     # -- operations: each one atomic, each writes its event -------------------
 

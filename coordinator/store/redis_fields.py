@@ -1,0 +1,75 @@
+"""How a task's record and claim are laid out in its Redis hash, and back.
+
+One hash per task holds both: the record's fields under their own names and the
+claim's under ``c.``. Scripts compare and update single fields, so nothing in Lua
+re-encodes JSON (its cjson prints numbers with 14 digits and turns ``[]`` into
+``{}``): times stay the decimal strings they were written as, and ``usage`` and
+``history`` are JSON text the scripts only splice. ``Record`` and ``Claim`` come
+back with the same shapes as the file store's JSON, so reports are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .base import Claim, Record, claim_from, record_from
+
+CLAIM_PREFIX = "c."
+RECORD_INTS = frozenset({"attempts", "epoch", "generation", "conflicts"})
+RECORD_FLOATS = frozenset({"claimed_at", "finished_at", "retry_at"})
+RECORD_JSON = frozenset({"usage", "history"})
+RECORD_TEXT = frozenset({"state", "agent", "last_error", "file_hash", "base", "branch", "tip", "landed"})
+CLAIM_INTS = frozenset({"pid", "epoch", "attempt", "child_pid", "generation"})
+CLAIM_FLOATS = frozenset({"pid_started_at", "claimed_at", "renewed_at", "lease_s", "child_started_at"})
+CLAIM_TEXT = frozenset({"agent", "host", "token"})
+
+
+def split(task_id: str, flat: list[str] | dict[str, str]) -> tuple[Record | None, Claim | None]:
+    """The record and claim in one task hash (HGETALL, as a dict or a script's flat list)."""
+    fields = flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
+    record: dict[str, Any] = {"id": task_id}
+    claim: dict[str, Any] = {"task": task_id}
+    for name, value in fields.items():
+        if name.startswith(CLAIM_PREFIX):
+            key = name[len(CLAIM_PREFIX):]
+            claim[key] = _typed(key, value, CLAIM_INTS, CLAIM_FLOATS, frozenset())
+        elif name in RECORD_TEXT or name in RECORD_INTS or name in RECORD_FLOATS or name in RECORD_JSON:
+            record[name] = _typed(name, value, RECORD_INTS, RECORD_FLOATS, RECORD_JSON)
+    return (record_from(record) if "state" in record else None,
+            claim_from(claim) if "epoch" in claim else None)
+
+
+def _typed(name: str, value: str, ints: frozenset[str], floats: frozenset[str], texts: frozenset[str]) -> Any:
+    if name in ints:
+        return int(value)
+    if name in floats:
+        return float(value)
+    if name in texts:
+        return json.loads(value)
+    return value
+
+
+def record_fields(record: Record) -> dict[str, str]:
+    """A record as hash fields (None fields left out)."""
+    out = {}
+    for name, value in record.to_json().items():
+        if value is None or name == "id":
+            continue
+        out[name] = json.dumps(value) if name in RECORD_JSON else _text(value)
+    return out
+
+
+def claim_fields(claim: Claim) -> dict[str, str]:
+    """A claim as ``c.`` hash fields (None fields left out)."""
+    return {CLAIM_PREFIX + name: _text(value) for name, value in claim.to_json().items()
+            if value is not None and name != "task"}
+
+
+def _text(value: Any) -> str:
+    """A scalar as the string a script reads back exactly (``repr`` of a float round-trips)."""
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+ALL_RECORD_FIELDS = tuple(sorted(RECORD_TEXT | RECORD_INTS | RECORD_FLOATS | RECORD_JSON))
+ALL_CLAIM_FIELDS = tuple(CLAIM_PREFIX + name for name in sorted(CLAIM_INTS | CLAIM_FLOATS | CLAIM_TEXT))
