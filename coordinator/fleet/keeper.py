@@ -61,22 +61,34 @@ class GatewayKeeper:
         self.env = env
         self.note = note  # appends an event: (kind, **fields)
         self.handle: Any = None  # our embedded gateway, if we run one
+        self.started = False  # a gateway has served this run (ours or one we reused)
         self.checked_at = float("-inf")
 
     def ensure(self, *, force: bool = False) -> None:
-        """Make sure a healthy gateway serves the fleet (checked at most every CHECK_EVERY_S)."""
+        """Make sure a gateway serves the fleet (checked at most every CHECK_EVERY_S).
+
+        At the start, a healthy gateway already serving the fleet is reused. After
+        that a gateway is replaced only on proof that it is gone (our thread ended,
+        or gateway.json names no live process), never because it answered slowly:
+        on a loaded machine a slow answer is not a death, and a second gateway would
+        cut every stream in flight.
+        """
         if not force and time.monotonic() - self.checked_at < CHECK_EVERY_S:
             return
         self.checked_at = time.monotonic()
-        info = read_gateway(self.config)
-        if info is not None and info.is_healthy():
+        if self.handle is not None and self.handle.is_alive():
+            return
+        info = read_gateway(self.config)  # None when missing or its process is dead
+        if self.handle is None and info is not None and (self.started or info.is_healthy()):
+            self.started = True
             return
         from ..gateway.server import start_in_thread  # noqa: PLC0415  (aiohttp: only when we serve)
 
-        restarting = self.handle is not None or info is not None
+        restarting = self.started
         if self.handle is not None:
             self.handle.stop(timeout_s=2.0)
         self.handle = start_in_thread(self.config, self.env)
+        self.started = True
         self.note("gateway_started", url=self.handle.url, embedded=True, restarted=restarting)
 
     def stop(self) -> None:

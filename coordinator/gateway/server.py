@@ -312,6 +312,10 @@ class GatewayHandle:
             return fn()
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
+    def is_alive(self) -> bool:
+        """Whether the gateway's thread still serves."""
+        return self._thread.is_alive()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the gateway and join its thread (idempotent)."""
         if self._thread.is_alive():
