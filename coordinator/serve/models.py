@@ -149,4 +149,4 @@ _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
 def render(model: Any, data: Any) -> Any:
     """``data`` checked against ``model`` and dumped as JSON-ready data (the one exit of every body)."""
     adapter = _ADAPTERS.get(model) or _ADAPTERS.setdefault(model, TypeAdapter(model))
-    return adapter.dump_python(adapter.validate_python(data), mode="json", exclude_none=False)
+    return adapter.dump_python(adapter.validate_python(data), mode="json", exclude_unset=True)
