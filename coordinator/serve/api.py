@@ -76,7 +76,7 @@ ROUTES = (
           "SSE: state, output, usage, then end; resumable with Last-Event-ID",
           {200: "sse", 204: None, **_error_statuses(400, 404)}, query=(_FOLLOW, _LAST_ID)),
     Route("GET", "/events", "fleet_events", FLEET, "SSE of the fleet's event log; resumable with Last-Event-ID",
-          {200: "sse", **_error_statuses(400)}, query=(_FOLLOW, _LAST_ID)),
+          {200: "sse-fleet", **_error_statuses(400)}, query=(_FOLLOW, _LAST_ID)),
     Route("GET", "/status", "status", FLEET, "`coordinator status --json`", {200: StatusReport, **_error_statuses()}),
     Route("GET", "/openapi.json", "openapi", ANY, "This document", {200: "openapi", **_error_statuses()}),
 )

@@ -83,11 +83,23 @@ def _operation(route: Route) -> dict[str, Any]:
     return op
 
 
+def _sse_event(model: str) -> dict[str, Any]:
+    """One SSE event as parsed (id, event, data): a task stream's named frames, or the fleet's unnamed ones."""
+    frames = {"oneOf": [{"$ref": _REF.format(model=frame.__name__)} for frame in FRAMES]}
+    named = model == "sse"
+    data = {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": frames if named else {"type": "object"}}
+    props: dict[str, Any] = {"id": {"type": "string"}, "data": data, "retry": {"type": "integer"}}
+    if named:
+        props["event"] = {"enum": ["state", "output", "usage", "end"]}
+    return {"type": "object", "properties": props}
+
+
 def _response(status: int, model: Any) -> dict[str, Any]:
     if model is None:
         return {"description": "the stream had ended already (EventSource stops reconnecting)"}
-    if model == "sse":
-        return {"description": _SSE_DOC, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    if model in ("sse", "sse-fleet"):
+        return {"description": _SSE_DOC, "content": {"text/event-stream": {"schema": _sse_event(model)}}}
     if model == "openapi":
         return {"description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}}
     if model == "accepted":
