@@ -38,6 +38,7 @@ class FleetSection(_Strict):
     heartbeat_s: float = Field(5.0, gt=0)
     grace_s: float = Field(10.0, ge=0)
     max_usd: float = Field(0.0, ge=0)
+    max_pending: int = Field(0, ge=0)  # the HTTP API refuses new tasks (429) past this many waiting; 0 = no limit
     retry_backoff_s: float = Field(2.0, ge=0)  # a failed attempt's task waits this, doubling per attempt
     retry_backoff_max_s: float = Field(120.0, ge=0)
     # Where claims and records live: "file" (under state_dir, one host) or "redis://host:port/db"

@@ -19,6 +19,7 @@ lease_s = 30               # a claim not renewed for this long is stale and recl
 heartbeat_s = 5            # agents renew their claims this often
 grace_s = 10               # Ctrl-C: seconds running tasks get to finish
 max_usd = 0                # fleet budget in USD, 0 = none
+max_pending = 0            # the HTTP API refuses new tasks (429) past this many waiting, 0 = no limit
 
 [gateway]                  # the shared inference gateway, on 127.0.0.1 only
 dedup = true               # identical requests in flight share one upstream call

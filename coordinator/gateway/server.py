@@ -6,7 +6,7 @@ call ``keys.protect_keys``). It builds one ``Upstream`` per ``[backends.*]`` tab
 from the API keys in the ``env`` mapping it is given (keys go to backends only:
 never to a file, and redacted from every error and log line), serves the inference
 endpoints through ``Proxy`` plus ``/metrics``, ``/healthz``, ``/health``,
-``/v1/models`` and the stats endpoints, writes ``gateway.json`` (url, pid, token;
+``/v1/models``, the stats endpoints and the task API (``serve/``, docs/api.md), writes ``gateway.json`` (url, pid, token;
 mode 0600) and keeps ``gateway-stats.json`` current so totals and budgets survive a
 restart. Connections are capped and timed (``connections.py``).
 """
@@ -32,6 +32,7 @@ from ..backends.base import Backend
 from ..atomic import PRIVATE_DIR, PRIVATE_FILE, write_json_atomic
 from ..config import FleetConfig
 from ..clock import REAL_CLOCK, Clock
+from ..serve import TaskApi, mount_task_api
 from .client import gateway_path, stats_path
 from .accounting import Ledger, empty_stats
 from .apierrors import ApiError
@@ -82,6 +83,7 @@ class Gateway:
         self._saver: asyncio.Task | None = None
         self._saved_version = -1
         self._unguard_logs: Callable[[], None] | None = None
+        self.api: TaskApi | None = None  # the task API (serve/), once app() has built the routes
         self.started_at = 0
 
     @property
@@ -107,6 +109,8 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/coordinator/stats", self._stats)
         app.router.add_get("/v1/coordinator/usage/{task_id}", self._usage)
+        self.api = mount_task_api(app, self.config, self.proxy.authenticate,
+                                  lambda: self.ledger.check_budget(None, None, None))
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 

@@ -1,7 +1,7 @@
 """User actions on the queue, as data: add a task file, retry, cancel, pause and resume.
 
-The CLI, and later the HTTP API and the MCP server, call these and render what
-they return. State changes go through the store's operations (``store.base``);
+The CLI, the HTTP API (``serve/``) and later the MCP server call these and render
+what they return. State changes go through the store's operations (``store.base``);
 a new task is a new file in ``tasks/``, written atomically and never over another.
 Retry and cancel name a task's derived state (invalid, blocked) when that is why
 they cannot act, so no caller has to work it out again.
@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,9 +22,10 @@ from ..config import FleetConfig
 from ..errors import ConfigError, TaskError
 from ..liveness import HOST, process_is_alive
 from ..store import Record, open_store
-from ..tasks import State, TaskSet
+from ..tasks import InvalidFile, State, Task, TaskSet
 from ..tasks.cache import load_cached
 from ..tasks.model import ID_RULE, PRIORITY_NAMES, is_valid_id, priority_number
+from ..tasks.parse import TaskFileParser
 
 
 def slug_id(prompt: str) -> str:
@@ -64,6 +67,104 @@ def add_task(config: FleetConfig, prompt: str, *, task_id: str | None = None, pr
     if not write_new_file(path, tomli_w.dumps(data).encode("utf-8")):  # the stem is the id: no id key needed
         raise TaskError(f"tasks/{name}.toml already exists; pick another --id", task_id=name)
     return path
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A submitted task table, validated: its id, the file bytes to write, and whether the id is new."""
+
+    task_id: str
+    path: Path
+    data: bytes
+    is_new: bool  # False: an identical task has this id already (an idempotent resubmit)
+
+
+_WRITING = threading.Lock()  # one server thread at a time checks and writes (the API's handlers share it)
+
+
+def prepare_tables(config: FleetConfig, tables: list[Any], *, batch: bool = False) -> list[Prepared]:
+    """Validate task-file tables (the HTTP API's ``POST /tasks``) exactly as task files are validated.
+
+    Each table becomes the text of ``tasks/<id>.toml`` and is parsed by the task-file
+    parser, so a problem reads exactly as ``coordinator validate`` would print it for
+    that file (``ConfigError``; ``key`` names the field, ``tasks[i].``-prefixed in a
+    batch). A table without an id takes one from its prompt, as ``add`` does. An id
+    taken by a different task, or twice in one batch, is a ``TaskError``.
+    """
+    import tomli_w  # noqa: PLC0415  (only adding writes TOML)
+
+    parser, taskset, out = TaskFileParser(config), load_cached(config), []
+    for index, table in enumerate(tables):
+        try:
+            task, path, text = _parse_table(config, parser, tomli_w, table)
+        except ConfigError as exc:
+            if batch:
+                exc.key = f"tasks[{index}].{exc.key}" if exc.key else f"tasks[{index}]"
+            raise
+        if any(p.task_id == task.id for p in out):
+            raise TaskError(f"task {task.id!r} appears twice in this request; give each task its own id",
+                            task_id=task.id)
+        out.append(Prepared(task.id, path, text, _is_new(taskset, task, path, text)))
+    return out
+
+
+def write_prepared(config: FleetConfig, prepared: list[Prepared]) -> list[bool]:
+    """Write each new task's file (never over another); per task, whether this call created it."""
+    _tasks_folder(config)
+    created = []
+    for item in prepared:
+        made = item.is_new and write_new_file(item.path, item.data)
+        if item.is_new and not made and item.path.read_bytes() != item.data:
+            raise TaskError(f"{item.path.name} was written by someone else meanwhile; pick another id",
+                            task_id=item.task_id)
+        created.append(made)
+    return created
+
+
+def writing_lock() -> threading.Lock:
+    """Held while a server thread checks the queue and writes task files (admission sees its own writes)."""
+    return _WRITING
+
+
+def _parse_table(config: FleetConfig, parser: TaskFileParser, tomli_w: Any, table: Any) -> tuple[Task, Path, bytes]:
+    if not isinstance(table, dict):
+        raise ConfigError("each task must be a JSON object of task-file keys (`coordinator schema` lists them)")
+    table = {key: value for key, value in table.items() if value is not None}  # null: the key's default
+    raw_id, prompt = table.get("id"), table.get("prompt")
+    stem = raw_id if isinstance(raw_id, str) and is_valid_id(raw_id) else slug_id(str(prompt or ""))
+    body = {key: value for key, value in table.items() if not (key == "id" and value == stem)}
+    for key, value in body.items():
+        try:
+            tomli_w.dumps({key: value})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("holds a null or a value TOML cannot write; use strings, numbers, booleans, "
+                              "lists and objects", key=key) from exc
+    text = tomli_w.dumps(body)
+    path = config.tasks_dir / f"{stem}.toml"
+    result = parser.parse_text(os.path.relpath(path, config.root), text, stem)
+    if result.invalid:
+        raise _rejected(result.invalid[0])
+    return result.entries[0][1], path, text.encode("utf-8")  # type: ignore[return-value]
+
+
+def _rejected(bad: InvalidFile) -> ConfigError:
+    """A ConfigError whose message is the file's problem exactly as ``validate`` prints it."""
+    error = ConfigError(bad.error)
+    error.path, error.key, error.line = bad.path, bad.field, bad.line
+    return error
+
+
+def _is_new(taskset: TaskSet, task: Task, path: Path, text: bytes) -> bool:
+    """Whether ``task`` is new; False for an identical one already there; TaskError for a different one."""
+    existing = taskset.tasks.get(task.id)
+    if existing is not None and existing.model_dump() == task.model_dump():
+        return False
+    if existing is not None or any(bad.task_id == task.id for bad in taskset.invalid):
+        where = existing.source if existing is not None else "an invalid task file"
+        raise TaskError(f"task {task.id!r} already exists in {where}; pick another id", task_id=task.id)
+    if path.exists() and path.read_bytes() != text:
+        raise TaskError(f"{path.name} already exists; pick another id", task_id=task.id)
+    return not path.exists()
 
 
 def unknown_dependencies(config: FleetConfig, task_id: str) -> list[str]:

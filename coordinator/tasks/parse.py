@@ -66,6 +66,14 @@ class TaskFileParser:
             return FileResult(source, invalid=[text])
         return self._parse_text(source, text, key[0], os.path.splitext(os.path.basename(path))[0])
 
+    def parse_text(self, source: str, text: str, stem: str) -> FileResult:
+        """Parse task-file ``text`` not yet on disk, as if it were ``source`` named ``stem``.toml (the HTTP API)."""
+        self.parsed += 1
+        size = len(text.encode("utf-8"))
+        if size > MAX_FILE_BYTES:
+            return _file_error(source, _too_big(size))
+        return self._parse_text(source, text, 0, stem)
+
     def locate(self, source: str, index: int, key: str) -> int | None:
         """Line of ``key`` in task ``index`` of ``source``, re-reading the file (errors only)."""
         path = Path(source) if os.path.isabs(source) else self.root / source
