@@ -87,6 +87,8 @@ class TaskDetail(BaseModel):
     claim: Claim | None
     runs_dir: str | None
     run_usage: list[Any]
+    last_run_prompt: dict[str, Any] | None = Field(None, description="the prompt the latest run used, when the "
+                                                                      "task file has changed it since")
     problems: list[str] | None = Field(None, description="every problem of an invalid task")
 
 
