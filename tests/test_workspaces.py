@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.procs import record, run_cli
+from tests.procs import events, record, run_cli
 from tests.ws_support import add_tasks, branches, first_parent, git, make_repo_fleet, run_agents, worktrees
 
 OWN_FILE = """
@@ -160,3 +160,6 @@ def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_p
     shown = run_cli(root, "show", "r1").stdout
     assert "branch coordinator/r1/e1" in shown and "conflicts 0" in shown
     assert worktrees(root) == [str(root)] and branches(root) == []
+    closed = [e for e in events(root) if e["event"] == "workspace_closed"]
+    assert sorted(e["task"] for e in closed) == ["r1", "r2", "r3", "r4"] and all(e["landed"] for e in closed)
+    assert all(set(e["steps_ms"]) >= {"create", "commit", "precheck", "gate", "land", "cleanup"} for e in closed)
