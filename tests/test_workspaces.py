@@ -160,6 +160,8 @@ def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_p
     shown = run_cli(root, "show", "r1").stdout
     assert "branch coordinator/r1/e1" in shown and "conflicts 0" in shown
     assert worktrees(root) == [str(root)] and branches(root) == []
+    landed = [record(root, t)["history"][-1] for t in ("r1", "r2", "r3", "r4")]
+    assert all(h["outcome"] == "landed" and h["run_ms"] > 0 and "claim_ms" in h for h in landed)  # this run's own
     closed = [e for e in events(root) if e["event"] == "workspace_closed"]
     assert sorted(e["task"] for e in closed) == ["r1", "r2", "r3", "r4"] and all(e["landed"] for e in closed)
     assert all(set(e["steps_ms"]) >= {"create", "commit", "precheck", "gate", "land", "cleanup"} for e in closed)
