@@ -25,7 +25,7 @@ from ..config import FleetConfig
 from ..errors import GitError
 from ..paths import confine
 from ..runners.process import run_process
-from .gitrepo import git, repo_lock, repo_path, rev
+from .gitrepo import git, repo_lock, repo_path, rev, worktree_list
 from .workspace import read_tail
 
 NAME = re.compile(r"^(?P<task>.+)-e(?P<epoch>\d+)(?P<gate>\.gate)?$")
@@ -102,9 +102,20 @@ def create(config: FleetConfig, task_id: str, epoch: int) -> Workspace:
             raise GitError(["git", "rev-parse", target], 128, f"branch {target!r} is gone from {repo}")
         exclude_state(config, repo)
         path.parent.mkdir(parents=True, exist_ok=True)
-        git(["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path), base], cwd=repo)
+        git(["worktree", "add", "--quiet", "--no-checkout", "--no-track", "-b", branch, str(path), base], cwd=repo)
+    populate(path)
     copy_files(config, repo, path)
     return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch)
+
+
+def populate(path: Path) -> None:
+    """Check out a worktree added with ``--no-checkout``, outside the repository lock.
+
+    Only ``worktree add`` itself races on git's shared files; writing the files and
+    the worktree's own index does not, so eight agents check out in parallel instead
+    of queueing behind one lock for the whole checkout (scripts/bench_workspace.py).
+    """
+    git(["reset", "--hard", "--quiet"], cwd=path)
 
 
 def copy_files(config: FleetConfig, repo: Path, path: Path) -> None:
@@ -169,8 +180,9 @@ def gate(config: FleetConfig, ws: Workspace, commit: str, tree: str, *, env: Map
         return bool(cached["ok"]), str(cached.get("tail", ""))
     path = ws.path.with_name(ws.path.name + ".gate")
     with repo_lock(ws.repo):
-        git(["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=ws.repo)
+        git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit], cwd=ws.repo)
     try:
+        populate(path)
         ok = all(run_process(argv, cwd=path, env=env, stdout=log, stderr=log, timeout_s=config.workspace.gate_timeout_s,
                              should_stop=should_stop, on_spawn=on_spawn).ok for argv in gates)
     finally:
@@ -184,7 +196,7 @@ def gate(config: FleetConfig, ws: Workspace, commit: str, tree: str, *, env: Map
 def checkout_of(repo: Path, branch: str) -> Path | None:
     """The worktree that has ``branch`` checked out, if any."""
     path = None
-    for line in git(["worktree", "list", "--porcelain"], cwd=repo).out.splitlines():
+    for line in worktree_list(repo).splitlines():
         if line.startswith("worktree "):
             path = Path(line[len("worktree "):])
         elif line == f"branch refs/heads/{branch}":
@@ -223,11 +235,13 @@ def move_target(repo: Path, target: str, new: str, old: str) -> tuple[str | None
 
 
 def remove_worktree(repo: Path, path: Path, *, branch: str | None = None) -> None:
-    """Remove a worktree git knows (its changes must be saved first), and its landed ``branch``."""
+    """Remove a worktree git knows (its changes must be saved first), and its landed ``branch``.
+
+    The files go first, outside the repository lock (they are this worktree's alone);
+    then, under the lock, ``prune`` drops git's record of it, since its folder is gone.
+    """
+    shutil.rmtree(path, ignore_errors=True)
     with repo_lock(repo):
-        git(["worktree", "remove", "--force", str(path)], cwd=repo, check=False)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
         git(["worktree", "prune"], cwd=repo, check=False)
         if branch is not None:
             git(["branch", "-D", "--quiet", branch], cwd=repo)
