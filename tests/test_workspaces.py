@@ -152,6 +152,8 @@ def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_p
     add_tasks(root, ["r1", "r2", "r3", "r4"])
     result = run_cli(root, "run", "-n", "2", "--until-empty", "--no-dashboard", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    for task_id in ("r1", "r2", "r3", "r4"):  # a landing is the task's outcome line in the plain view
+        assert f"] {task_id} done (attempt 1" in result.stdout, result.stdout
     queue = json.loads(run_cli(root, "status", "--json").stdout)["merge_queue"]
     assert set(queue) == {"waiting", "gating", "held", "landed", "conflicts", "last_landed"}
     assert (queue["waiting"], queue["gating"], queue["held"], queue["landed"], queue["conflicts"]) == \
