@@ -167,3 +167,20 @@ def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_p
     closed = [e for e in events(root) if e["event"] == "workspace_closed"]
     assert sorted(e["task"] for e in closed) == ["r1", "r2", "r3", "r4"] and all(e["landed"] for e in closed)
     assert all(set(e["steps_ms"]) >= {"create", "commit", "precheck", "gate", "land", "cleanup"} for e in closed)
+
+
+def test_land_none_keeps_each_branch_and_leaves_the_target_alone(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE, workspace='land = "none"')
+    before = git(root, "rev-parse", "main")
+    add_tasks(root, ["k1", "k2"])
+    run_agents(root, 2)
+    assert git(root, "rev-parse", "main") == before and not (root / "out-k1.txt").exists()
+    for task_id in ("k1", "k2"):
+        rec = record(root, task_id)
+        assert rec["state"] == "done" and rec["landed"] is None and rec["branch"] == f"coordinator/{task_id}/e1"
+        assert git(root, "show", f"{rec['branch']}:out-{task_id}.txt") == task_id  # the work is on its branch
+        assert git(root, "rev-parse", rec["branch"]) == rec["tip"]
+    assert sorted(branches(root)) == ["coordinator/k1/e1", "coordinator/k2/e1"]
+    assert worktrees(root) == [str(root)]
+    assert run_cli(root, "gc").returncode == 0
+    assert sorted(branches(root)) == ["coordinator/k1/e1", "coordinator/k2/e1"]  # gc deletes landed branches only
