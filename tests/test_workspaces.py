@@ -184,3 +184,39 @@ def test_land_none_keeps_each_branch_and_leaves_the_target_alone(tmp_path: Path)
     assert worktrees(root) == [str(root)]
     assert run_cli(root, "gc").returncode == 0
     assert sorted(branches(root)) == ["coordinator/k1/e1", "coordinator/k2/e1"]  # gc deletes landed branches only
+
+
+SETUP_AND_COPY = """
+cp "$COORDINATOR_RUN_DIR/../../../claims/$1.json" "$COORDINATOR_RUN_DIR/claim.json"
+cat .env > "$COORDINATOR_RUN_DIR/env-seen.txt"
+cat setup-ran.txt > "$COORDINATOR_RUN_DIR/setup-seen.txt"
+rm setup-ran.txt
+echo "$1" > "out-$1.txt"
+"""
+
+
+def test_copy_and_setup_prepare_each_worktree_and_the_base_is_on_the_claim(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", SETUP_AND_COPY,
+                           workspace='copy = [".env"]\nsetup = ["sh", "-c", "pwd > setup-ran.txt"]')
+    (root / ".env").write_text("SECRET=untracked\n")  # untracked in the primary checkout
+    base = git(root, "rev-parse", "main")
+    add_tasks(root, ["s1"])
+    run_agents(root, 1)
+    rec = record(root, "s1")
+    assert rec["state"] == "done" and rec["landed"], rec
+    run = root / ".coordinator" / "runs" / "s1" / "1"
+    assert (run / "env-seen.txt").read_text() == "SECRET=untracked\n"
+    assert (run / "setup-seen.txt").read_text().strip() == str(root / ".coordinator" / "worktrees" / "s1-e1")
+    claim = json.loads((run / "claim.json").read_text())
+    assert (claim["base"], claim["branch"], claim["epoch"]) == (base, "coordinator/s1/e1", 1)
+    assert rec["base"] == base
+    assert git(root, "ls-tree", "-r", "--name-only", "main").split() == ["README", "out-s1.txt"]  # no .env
+
+
+def test_a_failing_setup_fails_the_attempt_and_keeps_nothing_behind(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE, workspace='setup = ["sh", "-c", "echo no deps; exit 3"]')
+    add_tasks(root, ["s2"], max_attempts="1")
+    run_agents(root, 1)
+    rec = record(root, "s2")
+    assert rec["state"] == "failed" and "workspace setup 'sh'" in rec["last_error"] and rec["landed"] is None
+    assert not (root / "out-s2.txt").exists() and worktrees(root) == [str(root)]

@@ -93,6 +93,9 @@ class ClaimWorkspace:
         """Create the worktree, copy and run setup; None when ready, else why not."""
         with self.timed("create"):
             self.ws = wt.create(self.config, self.task.id, self.claim.epoch)
+        # On the claim from the start, so whoever finds it (status, a takeover) knows where it began.
+        self.claim.base, self.claim.branch = self.ws.base, self.ws.branch
+        self.store.renew(self.claim)
         with self.timed("setup"):
             return wt.run_setup(self.config, self.ws, env={**env, **self.env()}, log=self.run / "setup.log",
                                 should_stop=should_stop)

@@ -45,6 +45,7 @@ class Workspace:
     epoch: int
     tip: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    copied: list[str] = field(default_factory=list)  # ``copy`` files (.env, …): never committed
 
     def fields(self) -> dict[str, str | None]:
         """What the task record keeps of it."""
@@ -104,8 +105,8 @@ def create(config: FleetConfig, task_id: str, epoch: int) -> Workspace:
         path.parent.mkdir(parents=True, exist_ok=True)
         git(["worktree", "add", "--quiet", "--no-checkout", "--no-track", "-b", branch, str(path), base], cwd=repo)
     populate(path)
-    copy_files(config, repo, path)
-    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch)
+    copied = copy_files(config, repo, path)
+    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch, copied=copied)
 
 
 def populate(path: Path) -> None:
@@ -118,8 +119,9 @@ def populate(path: Path) -> None:
     git(["reset", "--hard", "--quiet"], cwd=path)
 
 
-def copy_files(config: FleetConfig, repo: Path, path: Path) -> None:
-    """Copy the ``copy`` globs (untracked files such as ``.env``) from the primary checkout."""
+def copy_files(config: FleetConfig, repo: Path, path: Path) -> list[str]:
+    """Copy the ``copy`` globs (untracked files such as ``.env``) from the primary checkout; their paths."""
+    copied = []
     for pattern in config.workspace.copy_globs:
         for match in sorted(glob.glob(pattern, root_dir=repo, recursive=True)):
             source = confine(repo, match, what="workspace.copy")
@@ -127,6 +129,8 @@ def copy_files(config: FleetConfig, repo: Path, path: Path) -> None:
                 dest = path / source.relative_to(repo)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, dest)
+                copied.append(source.relative_to(repo).as_posix())
+    return copied
 
 
 def run_setup(config: FleetConfig, ws: Workspace, *, env: Mapping[str, str], log: Path,
@@ -141,8 +145,11 @@ def run_setup(config: FleetConfig, ws: Workspace, *, env: Mapping[str, str], log
 
 
 def commit_all(ws: Workspace, message: str, *, hooks: bool = True) -> str:
-    """Commit every change left in the worktree (hooks on, unless salvaging); the new tip."""
-    git(["add", "-A"], cwd=ws.path)
+    """Commit every change left in the worktree but the ``copy`` files (hooks on, unless salvaging); the new tip.
+
+    A copied ``.env`` is the user's, often a secret: it must never ride a landing onto the target.
+    """
+    git(["add", "-A", "--", ".", *(f":(exclude,literal){name}" for name in ws.copied)], cwd=ws.path)
     if git(["diff", "--cached", "--quiet"], cwd=ws.path, check=False).returncode != 0:
         verify = [] if hooks else ["--no-verify"]
         git([*identity(ws.repo), "commit", "--quiet", *verify, "-m", message], cwd=ws.path)

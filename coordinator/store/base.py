@@ -43,6 +43,8 @@ class Claim:
     child_pid: int | None = None  # the runner's process group, killed if the claim is taken over
     child_started_at: float | None = None
     generation: int = 0  # the record's retry generation when claimed (budgets start afresh with it)
+    base: str | None = None  # workspaces: the target's commit this claim's worktree started from
+    branch: str | None = None  # workspaces: the claim's branch
 
     def to_json(self) -> dict[str, Any]:
         """The claim as stored."""
