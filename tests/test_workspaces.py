@@ -40,6 +40,7 @@ def test_six_agents_land_thirty_tasks_each_once_in_isolation(tmp_path: Path) -> 
 
 RESOLVER = """
 echo "start $1 ${COORDINATOR_CONFLICT_FILE:-none}" >> "$COORDINATOR_RUN_DIR/../../../../ledger.txt"
+echo "$2" > "$COORDINATOR_RUN_DIR/conflict-arg.txt"
 if [ -n "$COORDINATOR_CONFLICT_FILE" ]; then
   path=$(grep '^- ' "$COORDINATOR_CONFLICT_FILE" | head -n 1 | cut -c3-)
   echo "$path" > "$COORDINATOR_RUN_DIR/conflicted-path.txt"
@@ -54,6 +55,8 @@ echo "value from $1" > shared.txt
 
 def test_conflict_requeues_with_context_and_the_rerun_lands(tmp_path: Path) -> None:
     root = make_repo_fleet(tmp_path / "repo", RESOLVER, files={"shared.txt": "original\n"})
+    fleet = root / "fleet.toml"  # the command also gets the {conflict_file} placeholder
+    fleet.write_text(fleet.read_text().replace('"{task_id}"]', '"{task_id}", "{conflict_file}"]'))
     add_tasks(root, ["a", "b"])
     run_agents(root, 2)
     recs = {t: record(root, t) for t in ("a", "b")}
@@ -64,6 +67,9 @@ def test_conflict_requeues_with_context_and_the_rerun_lands(tmp_path: Path) -> N
     assert [h["outcome"] for h in recs[second]["history"]] == ["conflict", "landed"]
     run = root / ".coordinator" / "runs" / second / str(recs[second]["epoch"])
     assert (run / "conflicted-path.txt").read_text().strip() == "shared.txt"
+    assert (run / "conflict-arg.txt").read_text().strip() == str(run / "conflict.md")
+    first_run = root / ".coordinator" / "runs" / first / str(recs[first]["epoch"])
+    assert (first_run / "conflict-arg.txt").read_text() == "\n"  # no conflict, an empty placeholder
     context = (run / "conflict.md").read_text()
     assert "- shared.txt" in context and f"work on {first} ({first})" in context and f"value from {second}" in context
     assert (root / "shared.txt").read_text() == f"value from {first} and {second}\n"
