@@ -234,3 +234,10 @@ def test_dashboard_recent_events_show_landings_and_conflicts() -> None:
     lines = dashboard_lines(events=events, merge_queue=MERGE_QUEUE)
     assert lines[lines.index("recent events") + 1:] == [
         f"{clock(ts)} landed    t1 agent-1", f"{clock(ts + 1)} conflict  t2 agent-2 — merge conflict in a.txt"]
+
+
+def test_render_status_shows_the_merge_queue_when_there_is_one() -> None:
+    lines = render(render_status(make_status(merge_queue=MERGE_QUEUE)))
+    at = lines.index("merge queue  waiting 3  gating t-gate  landed 12  conflicts 2  last t-last (abcdef1)")
+    assert lines[at + 1] == "held: t-held: /repo has main dirty"
+    assert not any(line.startswith("merge queue") for line in render(render_status(make_status())))

@@ -8,6 +8,7 @@ user's repository would be.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from tests.procs import events, record, run_cli
@@ -29,7 +30,7 @@ def test_six_agents_land_thirty_tasks_each_once_in_isolation(tmp_path: Path) -> 
     for task_id in ids:
         rec = record(root, task_id)
         assert rec["state"] == "done" and rec["landed"] and rec["conflicts"] == 0
-        assert git(root, "merge-base", "--is-ancestor", rec["tip"], "main", check=False) == ""
+        git(root, "merge-base", "--is-ancestor", rec["tip"], "main")  # raises unless the tip is on main
         assert (root / f"out-{task_id}.txt").read_text() == f"{task_id}\n"  # the clean checkout moved along
         status = (root / ".coordinator" / "runs" / task_id / str(rec["epoch"]) / "status.txt").read_text()
         assert status.splitlines() == [f"?? out-{task_id}.txt"]  # it saw its own change and nothing else
@@ -226,3 +227,19 @@ def test_a_failing_setup_fails_the_attempt_and_keeps_nothing_behind(tmp_path: Pa
     rec = record(root, "s2")
     assert rec["state"] == "failed" and "workspace setup 'sh'" in rec["last_error"] and rec["landed"] is None
     assert not (root / "out-s2.txt").exists() and worktrees(root) == [str(root)]
+
+
+def test_land_squash_puts_one_single_parent_commit_per_task_on_the_target(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE, workspace='land = "squash"')
+    add_tasks(root, ["q1", "q2"])
+    run_agents(root, 1)
+    subjects = first_parent(root)
+    assert sorted(s.split(":")[0] for s in subjects[:2]) == ["Land q1", "Land q2"] and subjects[2] == "init"
+    for commit in git(root, "rev-list", "--max-count=2", "main").splitlines():
+        assert len(git(root, "rev-list", "--parents", "-n", "1", commit).split()) == 2  # itself and one parent
+    for task_id in ("q1", "q2"):
+        rec = record(root, task_id)
+        assert rec["state"] == "done" and (root / f"out-{task_id}.txt").read_text() == f"{task_id}\n"
+        tip_on_main = subprocess.run(["git", "merge-base", "--is-ancestor", rec["tip"], "main"], cwd=root)
+        assert tip_on_main.returncode == 1  # squashed: the branch's own commits are not on the target
+    assert branches(root) == []
