@@ -124,6 +124,7 @@ def test_the_gate_runs_on_the_merged_result_and_a_red_gate_requeues(tmp_path: Pa
         names = git(root, "ls-tree", "--name-only", commit).splitlines()
         assert sum(n.startswith("part-") for n in names) <= 1  # the target never held a red commit
     assert branches(root) == [f"coordinator/{other}/e1"]
+    assert worktrees(root) == [str(root)]  # the gate worktrees went with their claims
 
 
 def test_a_dirty_user_checkout_holds_the_landing_until_it_is_committed(tmp_path: Path) -> None:

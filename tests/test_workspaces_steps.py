@@ -30,8 +30,15 @@ def test_an_unchanged_tree_is_gated_once(tmp_path: Path) -> None:
     assert again != commit
     assert wt.gate(config, ws, again, merge.tree, **gate)[0] is True
     assert counter.read_text() == "run\n"  # the second candidate had the same tree: served from the cache
-    assert worktrees(root) == [str(root), str(ws.path)]  # the gate worktree is gone
-    wt.remove_worktree(root, ws.path, branch=ws.branch)
+    gate_tree = wt.gate_path(ws)
+    (gate_tree / "left-by-the-gate.txt").write_text("junk\n")
+    (ws.path / "more.txt").write_text("more\n")  # a new tip, so a new tree: gated again, in the same worktree
+    tip = wt.commit_all(ws, "add more.txt")
+    merge = wt.precheck(root, main, tip)
+    assert wt.gate(config, ws, wt.candidate(config, root, merge, main, tip, "Land g"), merge.tree, **gate)[0]
+    assert counter.read_text() == "run\nrun\n"
+    assert (gate_tree / "more.txt").read_text() == "more\n" and not (gate_tree / "left-by-the-gate.txt").exists()
+    assert worktrees(root) == [str(root), str(ws.path), str(gate_tree)]
 
 
 def test_the_llm_runner_appends_the_conflict_context_to_the_prompt(tmp_path: Path) -> None:

@@ -240,6 +240,8 @@ class ClaimWorkspace:
         """A landed branch goes with its worktree; anything unlanded is kept under a salvage ref first."""
         ws = self.ws
         assert ws is not None
+        if wt.gate_path(ws).exists():  # the candidate it held is rebuilt from the tip, which is kept below
+            wt.remove_worktree(ws.repo, wt.gate_path(ws))
         if self.landed:
             wt.remove_worktree(ws.repo, ws.path, branch=ws.branch)
             return

@@ -185,19 +185,37 @@ def gate(config: FleetConfig, ws: Workspace, commit: str, tree: str, *, env: Map
     cached = read_json(cache)
     if isinstance(cached, dict) and "ok" in cached:
         return bool(cached["ok"]), str(cached.get("tail", ""))
-    path = ws.path.with_name(ws.path.name + ".gate")
-    with repo_lock(ws.repo):
-        git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit], cwd=ws.repo)
-    try:
-        populate(path)
-        ok = all(run_process(argv, cwd=path, env=env, stdout=log, stderr=log, timeout_s=config.workspace.gate_timeout_s,
-                             should_stop=should_stop, on_spawn=on_spawn).ok for argv in gates)
-    finally:
-        remove_worktree(ws.repo, path)
+    path = prepare_gate(ws, commit)
+    ok = all(run_process(argv, cwd=path, env=env, stdout=log, stderr=log, timeout_s=config.workspace.gate_timeout_s,
+                         should_stop=should_stop, on_spawn=on_spawn).ok for argv in gates)
     tail = read_tail(log, GATE_TAIL_BYTES)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, {"ok": ok, "tail": tail, "tree": tree})
     return ok, tail
+
+
+def gate_path(ws: Workspace) -> Path:
+    """The claim's gate worktree, beside its own."""
+    return ws.path.with_name(ws.path.name + ".gate")
+
+
+def prepare_gate(ws: Workspace, commit: str) -> Path:
+    """The claim's gate worktree, detached at ``commit``: checked out once per claim, then moved along.
+
+    Every landing moves the target, so a waiting candidate is merged and gated
+    again; moving one gate worktree writes only the files that changed, where a
+    new one writes the whole repository (docs/performance.md, "Workspaces").
+    ``clean -fdx`` leaves nothing of the last gate run behind. ``close`` removes it.
+    """
+    path = gate_path(ws)
+    if (path / ".git").exists():
+        git(["checkout", "--quiet", "--force", "--detach", commit], cwd=path)
+        git(["clean", "-fdxq"], cwd=path)
+        return path
+    with repo_lock(ws.repo):
+        git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit], cwd=ws.repo)
+    populate(path)
+    return path
 
 
 def checkout_of(repo: Path, branch: str) -> Path | None:
