@@ -115,8 +115,10 @@ def populate(path: Path) -> None:
     Only ``worktree add`` itself races on git's shared files; writing the files and
     the worktree's own index does not, so eight agents check out in parallel instead
     of queueing behind one lock for the whole checkout (scripts/bench_workspace.py).
+    ``read-tree -u --reset`` (filters applied, as in a checkout) measured faster here
+    than ``reset --hard``, which is slower than a plain ``worktree add``.
     """
-    git(["reset", "--hard", "--quiet"], cwd=path)
+    git(["read-tree", "-u", "--reset", "HEAD"], cwd=path)
 
 
 def copy_files(config: FleetConfig, repo: Path, path: Path) -> list[str]:
