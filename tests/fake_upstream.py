@@ -7,7 +7,9 @@ An aiohttp app served from a background thread with its own event loop, so tests
     fake.gate.close()          # default answers wait until fake.gate.open()
     wait_until(lambda: fake.held == 1)
 
-When the script is empty, a call gets the default answer from
+When the script is empty, ``fake.responder`` (if set) may answer from the request:
+``fake.responder = lambda call: {"content": [...], "stop_reason": "tool_use"}`` sends
+that message (streamed when asked), None falls through to the default answer, from
 ``coordinator.backends.synthetic`` ("reply to: <first 40 chars of last user text>")
 with usage and Anthropic prompt-cache accounting (``coordinator.backends.prompt_cache``,
 the same rules the echo backend applies; ``fake.prompt_cache`` takes an injected clock).
@@ -168,6 +170,7 @@ class FakeUpstream:
         self.calls: list[Call] = []
         self.url = ""
         self.in_flight = self.held = self.completed = self.cancelled = 0
+        self.responder: Callable[[Call], dict[str, Any] | None] | None = None
         self._script: deque[Any] = deque()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -284,6 +287,9 @@ class FakeUpstream:
         if isinstance(behaviour, Slow):
             await asyncio.sleep(behaviour.delay_s)
         await self._pass_gate()
+        message = self.responder(call) if self.responder is not None and behaviour is None else None
+        if message is not None:
+            return await self._send_message(request, call, dialect, message)
         answer = self._answer(call, dialect)
         extra = behaviour.headers if isinstance(behaviour, Reply) else None
         if answer.is_stream:
@@ -292,6 +298,21 @@ class FakeUpstream:
             return await _cut_body(request, call, answer.body or b"")
         return web.Response(status=answer.status, body=answer.body, headers=extra,
                             content_type="application/json")
+
+    async def _send_message(self, request: web.Request, call: Call, dialect: Dialect,
+                            message: dict[str, Any]) -> web.StreamResponse:
+        """A responder's message, completed with the fields the API always sends, as JSON or SSE."""
+        body = {"id": dialect.message_id("fake", f"{next(self._ids):06d}"), "type": "message", "role": "assistant",
+                "model": (call.json or {}).get("model", "fake"), "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 10}, **message}
+        if not self._is_stream(call):
+            return web.Response(status=200, body=json.dumps(body).encode(), content_type="application/json")
+        response = web.StreamResponse(status=200, headers={"content-type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        for event in dialect.body_to_events(body):
+            await response.write(event)
+        await response.write_eof()
+        return response
 
     async def _pass_gate(self) -> None:
         self.held += 1

@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from coordinator.config import load_config
-from coordinator.report.events import TaskOutcome, since
+from coordinator.report.events import TaskOutcome, outcome_state, since
 from coordinator.store import open_store
 from coordinator.ui.dashboard import notice_line, outcome_line, summary_table
 from coordinator.ui.live import FleetDisplay
@@ -256,3 +256,11 @@ def test_bad_input_and_unknown_ids_are_exit_2(make_fleet, monkeypatch, capsys, a
     code, out, err = run_main(monkeypatch, capsys, "-C", str(root), *args)
     assert code == 2 and out == ""
     assert_one_line_error(err, needle)
+
+
+def test_workspace_events_end_attempts_in_the_plain_view() -> None:
+    assert outcome_state({"event": "landed", "task": "t"}) == "done"
+    assert outcome_state({"event": "conflict", "task": "t", "state": "pending"}) == "conflict"
+    assert outcome_state({"event": "gate_failed", "task": "t", "state": "failed"}) == "failed"
+    assert outcome_line(TaskOutcome("t3", "conflict", 1, 3, 0.0, "merge conflict in a.txt"), 4.0) == \
+        "[    4.0s] t3 conflict (attempt 1/3, $0.0000) — merge conflict in a.txt"

@@ -202,3 +202,42 @@ def test_render_status_of_a_healthy_idle_fleet() -> None:
     assert lines[2] == "(no agents)"
     assert lines[3].startswith("gateway stopped  requests 40  upstream 13  joined 20  hits 7")
     assert lines[-1] == "healthy"
+
+
+# -- the merge queue (worktree mode) -------------------------------------------------------------------------------
+
+
+MERGE_QUEUE = {"waiting": 3, "gating": "t-gate", "held": {"task": "t-held", "reason": "/repo has main dirty"},
+               "landed": 12, "conflicts": 2, "last_landed": {"task": "t-last", "commit": "abcdef1234567", "at": 1.0}}
+
+
+def test_dashboard_shows_the_merge_queue_held_landing_and_last_landing() -> None:
+    lines = dashboard_lines(merge_queue=MERGE_QUEUE)
+    at = lines.index("merge queue  waiting 3  gating t-gate  landed 12  conflicts 2  last t-last (abcdef1)")
+    assert lines[at + 1] == "held: t-held: /repo has main dirty"
+    assert lines.index("recent events") > at  # between the gateway and the events
+    quiet = dashboard_lines(merge_queue={**MERGE_QUEUE, "held": None, "gating": None, "last_landed": None})
+    assert "merge queue  waiting 3  gating -  landed 12  conflicts 2" in quiet
+    assert not any(line.startswith("held:") for line in quiet)
+
+
+def test_dashboard_without_workspaces_has_no_merge_queue() -> None:
+    assert not any(line.startswith("merge queue") for line in dashboard_lines())
+
+
+def test_dashboard_recent_events_show_landings_and_conflicts() -> None:
+    ts = 1_700_000_000.0
+    events = [{"ts": ts, "event": "landed", "task": "t1", "agent": "agent-1", "commit": "abc"},
+              {"ts": ts + 1, "event": "conflict", "task": "t2", "agent": "agent-2",
+               "reason": "merge conflict in a.txt", "state": "pending"},
+              {"ts": ts + 2, "event": "workspace_closed", "task": "t2", "steps_ms": {}}]  # not a shown kind
+    lines = dashboard_lines(events=events, merge_queue=MERGE_QUEUE)
+    assert lines[lines.index("recent events") + 1:] == [
+        f"{clock(ts)} landed    t1 agent-1", f"{clock(ts + 1)} conflict  t2 agent-2 — merge conflict in a.txt"]
+
+
+def test_render_status_shows_the_merge_queue_when_there_is_one() -> None:
+    lines = render(render_status(make_status(merge_queue=MERGE_QUEUE)))
+    at = lines.index("merge queue  waiting 3  gating t-gate  landed 12  conflicts 2  last t-last (abcdef1)")
+    assert lines[at + 1] == "held: t-held: /repo has main dirty"
+    assert not any(line.startswith("merge queue") for line in render(render_status(make_status())))

@@ -8,9 +8,10 @@ user's repository would be.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from tests.procs import record, run_cli
+from tests.procs import events, record, run_cli
 from tests.ws_support import add_tasks, branches, first_parent, git, make_repo_fleet, run_agents, worktrees
 
 OWN_FILE = """
@@ -29,7 +30,7 @@ def test_six_agents_land_thirty_tasks_each_once_in_isolation(tmp_path: Path) -> 
     for task_id in ids:
         rec = record(root, task_id)
         assert rec["state"] == "done" and rec["landed"] and rec["conflicts"] == 0
-        assert git(root, "merge-base", "--is-ancestor", rec["tip"], "main", check=False) == ""
+        git(root, "merge-base", "--is-ancestor", rec["tip"], "main")  # raises unless the tip is on main
         assert (root / f"out-{task_id}.txt").read_text() == f"{task_id}\n"  # the clean checkout moved along
         status = (root / ".coordinator" / "runs" / task_id / str(rec["epoch"]) / "status.txt").read_text()
         assert status.splitlines() == [f"?? out-{task_id}.txt"]  # it saw its own change and nothing else
@@ -40,6 +41,7 @@ def test_six_agents_land_thirty_tasks_each_once_in_isolation(tmp_path: Path) -> 
 
 RESOLVER = """
 echo "start $1 ${COORDINATOR_CONFLICT_FILE:-none}" >> "$COORDINATOR_RUN_DIR/../../../../ledger.txt"
+echo "$2" > "$COORDINATOR_RUN_DIR/conflict-arg.txt"
 if [ -n "$COORDINATOR_CONFLICT_FILE" ]; then
   path=$(grep '^- ' "$COORDINATOR_CONFLICT_FILE" | head -n 1 | cut -c3-)
   echo "$path" > "$COORDINATOR_RUN_DIR/conflicted-path.txt"
@@ -54,6 +56,8 @@ echo "value from $1" > shared.txt
 
 def test_conflict_requeues_with_context_and_the_rerun_lands(tmp_path: Path) -> None:
     root = make_repo_fleet(tmp_path / "repo", RESOLVER, files={"shared.txt": "original\n"})
+    fleet = root / "fleet.toml"  # the command also gets the {conflict_file} placeholder
+    fleet.write_text(fleet.read_text().replace('"{task_id}"]', '"{task_id}", "{conflict_file}"]'))
     add_tasks(root, ["a", "b"])
     run_agents(root, 2)
     recs = {t: record(root, t) for t in ("a", "b")}
@@ -64,6 +68,9 @@ def test_conflict_requeues_with_context_and_the_rerun_lands(tmp_path: Path) -> N
     assert [h["outcome"] for h in recs[second]["history"]] == ["conflict", "landed"]
     run = root / ".coordinator" / "runs" / second / str(recs[second]["epoch"])
     assert (run / "conflicted-path.txt").read_text().strip() == "shared.txt"
+    assert (run / "conflict-arg.txt").read_text().strip() == str(run / "conflict.md")
+    first_run = root / ".coordinator" / "runs" / first / str(recs[first]["epoch"])
+    assert (first_run / "conflict-arg.txt").read_text() == "\n"  # no conflict, an empty placeholder
     context = (run / "conflict.md").read_text()
     assert "- shared.txt" in context and f"work on {first} ({first})" in context and f"value from {second}" in context
     assert (root / "shared.txt").read_text() == f"value from {first} and {second}\n"
@@ -117,6 +124,7 @@ def test_the_gate_runs_on_the_merged_result_and_a_red_gate_requeues(tmp_path: Pa
         names = git(root, "ls-tree", "--name-only", commit).splitlines()
         assert sum(n.startswith("part-") for n in names) <= 1  # the target never held a red commit
     assert branches(root) == [f"coordinator/{other}/e1"]
+    assert worktrees(root) == [str(root)]  # the gate worktrees went with their claims
 
 
 def test_a_dirty_user_checkout_holds_the_landing_until_it_is_committed(tmp_path: Path) -> None:
@@ -152,6 +160,8 @@ def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_p
     add_tasks(root, ["r1", "r2", "r3", "r4"])
     result = run_cli(root, "run", "-n", "2", "--until-empty", "--no-dashboard", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    for task_id in ("r1", "r2", "r3", "r4"):  # a landing is the task's outcome line in the plain view
+        assert f"] {task_id} done (attempt 1" in result.stdout, result.stdout
     queue = json.loads(run_cli(root, "status", "--json").stdout)["merge_queue"]
     assert set(queue) == {"waiting", "gating", "held", "landed", "conflicts", "last_landed"}
     assert (queue["waiting"], queue["gating"], queue["held"], queue["landed"], queue["conflicts"]) == \
@@ -160,3 +170,77 @@ def test_coordinator_run_lands_every_task_and_status_shows_the_merge_queue(tmp_p
     shown = run_cli(root, "show", "r1").stdout
     assert "branch coordinator/r1/e1" in shown and "conflicts 0" in shown
     assert worktrees(root) == [str(root)] and branches(root) == []
+    landed = [record(root, t)["history"][-1] for t in ("r1", "r2", "r3", "r4")]
+    assert all(h["outcome"] == "landed" and h["run_ms"] > 0 and "claim_ms" in h for h in landed)  # this run's own
+    closed = [e for e in events(root) if e["event"] == "workspace_closed"]
+    assert sorted(e["task"] for e in closed) == ["r1", "r2", "r3", "r4"] and all(e["landed"] for e in closed)
+    assert all(set(e["steps_ms"]) >= {"create", "commit", "precheck", "gate", "land", "cleanup"} for e in closed)
+
+
+def test_land_none_keeps_each_branch_and_leaves_the_target_alone(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE, workspace='land = "none"')
+    before = git(root, "rev-parse", "main")
+    add_tasks(root, ["k1", "k2"])
+    run_agents(root, 2)
+    assert git(root, "rev-parse", "main") == before and not (root / "out-k1.txt").exists()
+    for task_id in ("k1", "k2"):
+        rec = record(root, task_id)
+        assert rec["state"] == "done" and rec["landed"] is None and rec["branch"] == f"coordinator/{task_id}/e1"
+        assert git(root, "show", f"{rec['branch']}:out-{task_id}.txt") == task_id  # the work is on its branch
+        assert git(root, "rev-parse", rec["branch"]) == rec["tip"]
+    assert sorted(branches(root)) == ["coordinator/k1/e1", "coordinator/k2/e1"]
+    assert worktrees(root) == [str(root)]
+    assert run_cli(root, "gc").returncode == 0
+    assert sorted(branches(root)) == ["coordinator/k1/e1", "coordinator/k2/e1"]  # gc deletes landed branches only
+
+
+SETUP_AND_COPY = """
+cp "$COORDINATOR_RUN_DIR/../../../claims/$1.json" "$COORDINATOR_RUN_DIR/claim.json"
+cat .env > "$COORDINATOR_RUN_DIR/env-seen.txt"
+cat setup-ran.txt > "$COORDINATOR_RUN_DIR/setup-seen.txt"
+rm setup-ran.txt
+echo "$1" > "out-$1.txt"
+"""
+
+
+def test_copy_and_setup_prepare_each_worktree_and_the_base_is_on_the_claim(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", SETUP_AND_COPY,
+                           workspace='copy = [".env"]\nsetup = ["sh", "-c", "pwd > setup-ran.txt"]')
+    (root / ".env").write_text("SECRET=untracked\n")  # untracked in the primary checkout
+    base = git(root, "rev-parse", "main")
+    add_tasks(root, ["s1"])
+    run_agents(root, 1)
+    rec = record(root, "s1")
+    assert rec["state"] == "done" and rec["landed"], rec
+    run = root / ".coordinator" / "runs" / "s1" / "1"
+    assert (run / "env-seen.txt").read_text() == "SECRET=untracked\n"
+    assert (run / "setup-seen.txt").read_text().strip() == str(root / ".coordinator" / "worktrees" / "s1-e1")
+    claim = json.loads((run / "claim.json").read_text())
+    assert (claim["base"], claim["branch"], claim["epoch"]) == (base, "coordinator/s1/e1", 1)
+    assert rec["base"] == base
+    assert git(root, "ls-tree", "-r", "--name-only", "main").split() == ["README", "out-s1.txt"]  # no .env
+
+
+def test_a_failing_setup_fails_the_attempt_and_keeps_nothing_behind(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE, workspace='setup = ["sh", "-c", "echo no deps; exit 3"]')
+    add_tasks(root, ["s2"], max_attempts="1")
+    run_agents(root, 1)
+    rec = record(root, "s2")
+    assert rec["state"] == "failed" and "workspace setup 'sh'" in rec["last_error"] and rec["landed"] is None
+    assert not (root / "out-s2.txt").exists() and worktrees(root) == [str(root)]
+
+
+def test_land_squash_puts_one_single_parent_commit_per_task_on_the_target(tmp_path: Path) -> None:
+    root = make_repo_fleet(tmp_path / "repo", OWN_FILE, workspace='land = "squash"')
+    add_tasks(root, ["q1", "q2"])
+    run_agents(root, 1)
+    subjects = first_parent(root)
+    assert sorted(s.split(":")[0] for s in subjects[:2]) == ["Land q1", "Land q2"] and subjects[2] == "init"
+    for commit in git(root, "rev-list", "--max-count=2", "main").splitlines():
+        assert len(git(root, "rev-list", "--parents", "-n", "1", commit).split()) == 2  # itself and one parent
+    for task_id in ("q1", "q2"):
+        rec = record(root, task_id)
+        assert rec["state"] == "done" and (root / f"out-{task_id}.txt").read_text() == f"{task_id}\n"
+        tip_on_main = subprocess.run(["git", "merge-base", "--is-ancestor", rec["tip"], "main"], cwd=root)
+        assert tip_on_main.returncode == 1  # squashed: the branch's own commits are not on the target
+    assert branches(root) == []

@@ -86,6 +86,7 @@ class Agent:
         self.claim_ms = 0.0
         self._published_at = float("-inf")
         self.run_ms = 0.0
+        self.run_started = 0.0  # perf_counter at the start of the current run (a landing records it up to then)
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
         self.notes = Notes(self.store, agent_id)
@@ -144,11 +145,11 @@ class Agent:
         self.publish("running")
         beat = threading.Thread(target=self._heartbeat, args=(claim,), daemon=True)
         beat.start()
-        started = time.perf_counter()
+        self.run_started = time.perf_counter()
         try:
             result = self._run(task, claim)
         finally:
-            self.run_ms = (time.perf_counter() - started) * 1000
+            self.run_ms = (time.perf_counter() - self.run_started) * 1000
             self.current, self.landing = None, None
             self.beat_wake.set()
             beat.join()
@@ -184,7 +185,8 @@ class Agent:
             result = get_runner(agent.kind)(ctx)
             if self.space is not None and result.ok:  # precheck, gate and land, fenced by the store
                 settled = self.space.settle(dict(ctx.env), self._shutdown_reason, self._on_spawn, extra={
-                    "file_hash": task_hash(task), "run_ms": round(self.run_ms, 3)})
+                    "file_hash": task_hash(task), "claim_ms": round(self.claim_ms, 3),
+                    "run_ms": round((time.perf_counter() - self.run_started) * 1000, 3)})
                 result, self.settled, self.lost = settled.result, settled.record, self.lost or settled.lost
         finally:
             os.close(workdir_fd)

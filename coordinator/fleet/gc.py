@@ -19,7 +19,7 @@ from ..errors import CoordinatorError
 from ..queue.claims import stale_reason
 from ..store import Store
 from . import worktrees as wt
-from .gitrepo import git, repo_path, rev
+from .gitrepo import git, repo_path, rev, worktree_list
 
 
 def collect(config: FleetConfig, store: Store, *, only: set[str] | None = None,
@@ -63,7 +63,7 @@ def salvage_reclaimed(config: FleetConfig, store: Store, task_ids: Iterable[str]
 
 def registered(repo: Path, root: Path) -> list[Path]:
     """The worktrees git knows under ``root``."""
-    out = git(["worktree", "list", "--porcelain"], cwd=repo).out
+    out = worktree_list(repo)
     paths = [Path(line[len("worktree "):]) for line in out.splitlines() if line.startswith("worktree ")]
     return [p for p in paths if p.parent == root]
 
@@ -102,7 +102,7 @@ def merge_base(repo: Path, target: str, branch: str) -> str | None:
 def delete_landed_branches(store: Store, repo: Path, report: dict[str, Any], dry_run: bool) -> None:
     """Delete ``coordinator/*`` branches without a worktree whose record says they landed."""
     out = git(["for-each-ref", "--format=%(refname:short)", "refs/heads/coordinator/"], cwd=repo).out
-    checked_out = git(["worktree", "list", "--porcelain"], cwd=repo).out
+    checked_out = worktree_list(repo)
     for branch in out.splitlines():
         if f"branch refs/heads/{branch}" in checked_out.splitlines():
             continue

@@ -78,6 +78,16 @@ def repo_lock(repo: Path) -> Iterator[None]:
         yield
 
 
+def worktree_list(repo: Path) -> str:
+    """``git worktree list --porcelain``, under the repository lock.
+
+    A ``worktree add`` writes its admin files one by one; ``list`` reading them
+    half-written fails ("failed to read .git/worktrees/…/commondir").
+    """
+    with repo_lock(repo):
+        return git(["worktree", "list", "--porcelain"], cwd=repo).out
+
+
 def git_version(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """The installed git's (major, minor)."""
     text = git(["--version"], cwd=Path("/"), env=env).out

@@ -7,13 +7,19 @@ A conflict or a red gate re-queues the task with ``conflict.md`` in its run
 folder: the conflicted paths, what landed on them since the attempt's base, the
 attempt's own diff and the gate output's tail, bounded, which the next attempt
 receives (``carry_conflict``).
+
+Each step's wall time is added up in ``steps_ms`` (``time.perf_counter``, nothing
+else on the hot path) and written once, in the ``workspace_closed`` event, so
+``scripts/bench_workspace.py`` measures what real agents did.
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,12 +77,28 @@ class ClaimWorkspace:
         self.landed = False
         self.moved = threading.Event()
         self.extra: dict[str, Any] = {}
+        self.steps_ms: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Add the wall time of the block to ``steps_ms[step]`` (a step may run more than once)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            self.steps_ms[step] = self.steps_ms.get(step, 0.0) + elapsed
 
     def open(self, env: dict[str, str], should_stop: Callable[[], str | None]) -> str | None:
         """Create the worktree, copy and run setup; None when ready, else why not."""
-        self.ws = wt.create(self.config, self.task.id, self.claim.epoch)
-        return wt.run_setup(self.config, self.ws, env={**env, **self.env()}, log=self.run / "setup.log",
-                            should_stop=should_stop)
+        with self.timed("create"):
+            self.ws = wt.create(self.config, self.task.id, self.claim.epoch)
+        # On the claim from the start, so whoever finds it (status, a takeover) knows where it began.
+        self.claim.base, self.claim.branch = self.ws.base, self.ws.branch
+        self.store.renew(self.claim)
+        with self.timed("setup"):
+            return wt.run_setup(self.config, self.ws, env={**env, **self.env()}, log=self.run / "setup.log",
+                                should_stop=should_stop)
 
     @property
     def path(self) -> Path:
@@ -94,7 +116,8 @@ class ClaimWorkspace:
         """Commit what the runner left (hooks on) before acceptance runs; None, or why it failed."""
         assert self.ws is not None
         try:
-            wt.commit_all(self.ws, f"{self.task.title} ({self.task.id})")
+            with self.timed("commit"):
+                wt.commit_all(self.ws, f"{self.task.title} ({self.task.id})")
         except GitError as exc:
             return f"committing the task's changes failed: {exc}"
         return None
@@ -137,15 +160,19 @@ class ClaimWorkspace:
         """One pass against the target as it is now: (settled, None), or (None, why held / None if moved)."""
         ws, target = self.ws, self.config.workspace.target
         assert ws is not None and ws.tip is not None
-        old = rev(ws.repo, f"refs/heads/{target}")
-        assert old is not None, f"branch {target} is gone"
-        merge = wt.precheck(ws.repo, old, ws.tip)
+        with self.timed("precheck"):
+            old = rev(ws.repo, f"refs/heads/{target}")
+            assert old is not None, f"branch {target} is gone"
+            merge = wt.precheck(ws.repo, old, ws.tip)
         if merge.conflicts:
             return self._requeue("conflict", f"merge conflict in {', '.join(merge.conflicts)}", merge, old, ""), None
-        commit = wt.candidate(self.config, ws.repo, merge, old, ws.tip, f"Land {self.task.id}: {self.task.title}")
+        with self.timed("precheck"):
+            commit = wt.candidate(self.config, ws.repo, merge, old, ws.tip,
+                                  f"Land {self.task.id}: {self.task.title}")
         self.on_phase("gating", {"task": self.task.id})
-        ok, tail = wt.gate(self.config, ws, commit, merge.tree, env={**env, **self.env()}, log=self.run / "gate.log",
-                           should_stop=should_stop, on_spawn=on_spawn)
+        with self.timed("gate"):
+            ok, tail = wt.gate(self.config, ws, commit, merge.tree, env={**env, **self.env()},
+                               log=self.run / "gate.log", should_stop=should_stop, on_spawn=on_spawn)
         if not ok:
             return self._requeue("gate_failed", "a gate failed on the merged result", merge, old, tail), None
         self.on_phase("landing", {"task": self.task.id})
@@ -156,7 +183,8 @@ class ClaimWorkspace:
             landed, why["held"] = wt.move_target(ws.repo, target, commit, old)
             return landed
 
-        record = self.store.land(self.claim, move, extra={**self.extra, **self.fields()})
+        with self.timed("land"):
+            record = self.store.land(self.claim, move, extra={**self.extra, **self.fields()})
         if record is not None:
             self.landed = True
             return Settled(RunResult(True), record), None
@@ -200,10 +228,20 @@ class ClaimWorkspace:
             warn(f"{exc}; `coordinator gc` removes the worktree later, keeping its work")
 
     def close(self) -> None:
-        """Remove the worktree: a landed branch goes, anything unlanded is kept under a salvage ref first."""
-        ws = self.ws
-        if ws is None:
+        """Remove the worktree, then log what each step took (``workspace_closed``)."""
+        if self.ws is None:
             return
+        with self.timed("cleanup"):
+            self._remove()
+        self.store.append_event("workspace_closed", task=self.task.id, epoch=self.claim.epoch, landed=self.landed,
+                                steps_ms={k: round(v, 3) for k, v in self.steps_ms.items()})
+
+    def _remove(self) -> None:
+        """A landed branch goes with its worktree; anything unlanded is kept under a salvage ref first."""
+        ws = self.ws
+        assert ws is not None
+        if wt.gate_path(ws).exists():  # the candidate it held is rebuilt from the tip, which is kept below
+            wt.remove_worktree(ws.repo, wt.gate_path(ws))
         if self.landed:
             wt.remove_worktree(ws.repo, ws.path, branch=ws.branch)
             return

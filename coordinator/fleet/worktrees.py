@@ -25,7 +25,7 @@ from ..config import FleetConfig
 from ..errors import GitError
 from ..paths import confine
 from ..runners.process import run_process
-from .gitrepo import git, repo_lock, repo_path, rev
+from .gitrepo import git, repo_lock, repo_path, rev, worktree_list
 from .workspace import read_tail
 
 NAME = re.compile(r"^(?P<task>.+)-e(?P<epoch>\d+)(?P<gate>\.gate)?$")
@@ -45,6 +45,7 @@ class Workspace:
     epoch: int
     tip: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    copied: list[str] = field(default_factory=list)  # ``copy`` files (.env, …): never committed
 
     def fields(self) -> dict[str, str | None]:
         """What the task record keeps of it."""
@@ -102,13 +103,27 @@ def create(config: FleetConfig, task_id: str, epoch: int) -> Workspace:
             raise GitError(["git", "rev-parse", target], 128, f"branch {target!r} is gone from {repo}")
         exclude_state(config, repo)
         path.parent.mkdir(parents=True, exist_ok=True)
-        git(["worktree", "add", "--quiet", "--no-track", "-b", branch, str(path), base], cwd=repo)
-    copy_files(config, repo, path)
-    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch)
+        git(["worktree", "add", "--quiet", "--no-checkout", "--no-track", "-b", branch, str(path), base], cwd=repo)
+    populate(path)
+    copied = copy_files(config, repo, path)
+    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch, copied=copied)
 
 
-def copy_files(config: FleetConfig, repo: Path, path: Path) -> None:
-    """Copy the ``copy`` globs (untracked files such as ``.env``) from the primary checkout."""
+def populate(path: Path) -> None:
+    """Check out a worktree added with ``--no-checkout``, outside the repository lock.
+
+    Only ``worktree add`` itself races on git's shared files; writing the files and
+    the worktree's own index does not, so eight agents check out in parallel instead
+    of queueing behind one lock for the whole checkout (scripts/bench_workspace.py).
+    ``read-tree -u --reset`` (filters applied, as in a checkout) measured faster here
+    than ``reset --hard``, which is slower than a plain ``worktree add``.
+    """
+    git(["read-tree", "-u", "--reset", "HEAD"], cwd=path)
+
+
+def copy_files(config: FleetConfig, repo: Path, path: Path) -> list[str]:
+    """Copy the ``copy`` globs (untracked files such as ``.env``) from the primary checkout; their paths."""
+    copied = []
     for pattern in config.workspace.copy_globs:
         for match in sorted(glob.glob(pattern, root_dir=repo, recursive=True)):
             source = confine(repo, match, what="workspace.copy")
@@ -116,6 +131,8 @@ def copy_files(config: FleetConfig, repo: Path, path: Path) -> None:
                 dest = path / source.relative_to(repo)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, dest)
+                copied.append(source.relative_to(repo).as_posix())
+    return copied
 
 
 def run_setup(config: FleetConfig, ws: Workspace, *, env: Mapping[str, str], log: Path,
@@ -130,8 +147,11 @@ def run_setup(config: FleetConfig, ws: Workspace, *, env: Mapping[str, str], log
 
 
 def commit_all(ws: Workspace, message: str, *, hooks: bool = True) -> str:
-    """Commit every change left in the worktree (hooks on, unless salvaging); the new tip."""
-    git(["add", "-A"], cwd=ws.path)
+    """Commit every change left in the worktree but the ``copy`` files (hooks on, unless salvaging); the new tip.
+
+    A copied ``.env`` is the user's, often a secret: it must never ride a landing onto the target.
+    """
+    git(["add", "-A", "--", ".", *(f":(exclude,literal){name}" for name in ws.copied)], cwd=ws.path)
     if git(["diff", "--cached", "--quiet"], cwd=ws.path, check=False).returncode != 0:
         verify = [] if hooks else ["--no-verify"]
         git([*identity(ws.repo), "commit", "--quiet", *verify, "-m", message], cwd=ws.path)
@@ -167,24 +187,43 @@ def gate(config: FleetConfig, ws: Workspace, commit: str, tree: str, *, env: Map
     cached = read_json(cache)
     if isinstance(cached, dict) and "ok" in cached:
         return bool(cached["ok"]), str(cached.get("tail", ""))
-    path = ws.path.with_name(ws.path.name + ".gate")
-    with repo_lock(ws.repo):
-        git(["worktree", "add", "--quiet", "--detach", str(path), commit], cwd=ws.repo)
-    try:
-        ok = all(run_process(argv, cwd=path, env=env, stdout=log, stderr=log, timeout_s=config.workspace.gate_timeout_s,
-                             should_stop=should_stop, on_spawn=on_spawn).ok for argv in gates)
-    finally:
-        remove_worktree(ws.repo, path)
+    path = prepare_gate(ws, commit)
+    ok = all(run_process(argv, cwd=path, env=env, stdout=log, stderr=log, timeout_s=config.workspace.gate_timeout_s,
+                         should_stop=should_stop, on_spawn=on_spawn).ok for argv in gates)
     tail = read_tail(log, GATE_TAIL_BYTES)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cache, {"ok": ok, "tail": tail, "tree": tree})
     return ok, tail
 
 
+def gate_path(ws: Workspace) -> Path:
+    """The claim's gate worktree, beside its own."""
+    return ws.path.with_name(ws.path.name + ".gate")
+
+
+def prepare_gate(ws: Workspace, commit: str) -> Path:
+    """The claim's gate worktree, detached at ``commit``: checked out once per claim, then moved along.
+
+    Every landing moves the target, so a waiting candidate is merged and gated
+    again; moving one gate worktree writes only the files that changed, where a
+    new one writes the whole repository (docs/performance.md, "Workspaces").
+    ``clean -fdx`` leaves nothing of the last gate run behind. ``close`` removes it.
+    """
+    path = gate_path(ws)
+    if (path / ".git").exists():
+        git(["checkout", "--quiet", "--force", "--detach", commit], cwd=path)
+        git(["clean", "-fdxq"], cwd=path)
+        return path
+    with repo_lock(ws.repo):
+        git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit], cwd=ws.repo)
+    populate(path)
+    return path
+
+
 def checkout_of(repo: Path, branch: str) -> Path | None:
     """The worktree that has ``branch`` checked out, if any."""
     path = None
-    for line in git(["worktree", "list", "--porcelain"], cwd=repo).out.splitlines():
+    for line in worktree_list(repo).splitlines():
         if line.startswith("worktree "):
             path = Path(line[len("worktree "):])
         elif line == f"branch refs/heads/{branch}":
@@ -223,11 +262,13 @@ def move_target(repo: Path, target: str, new: str, old: str) -> tuple[str | None
 
 
 def remove_worktree(repo: Path, path: Path, *, branch: str | None = None) -> None:
-    """Remove a worktree git knows (its changes must be saved first), and its landed ``branch``."""
+    """Remove a worktree git knows (its changes must be saved first), and its landed ``branch``.
+
+    The files go first, outside the repository lock (they are this worktree's alone);
+    then, under the lock, ``prune`` drops git's record of it, since its folder is gone.
+    """
+    shutil.rmtree(path, ignore_errors=True)
     with repo_lock(repo):
-        git(["worktree", "remove", "--force", str(path)], cwd=repo, check=False)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
         git(["worktree", "prune"], cwd=repo, check=False)
         if branch is not None:
             git(["branch", "-D", "--quiet", branch], cwd=repo)

@@ -16,9 +16,10 @@ from ..tasks import TaskSet
 
 # Event kinds worth showing a person (state changes and process restarts); the rest are audit detail.
 SHOWN_EVENTS = frozenset({"claimed", "done", "failed", "retrying", "reclaimed", "released", "fenced", "cancelled",
-                          "retried", "agent_exited", "agent_spawned", "agent_hung"})
+                          "retried", "agent_exited", "agent_spawned", "agent_hung",
+                          "landed", "conflict", "gate_failed", "land_fenced", "salvaged"})
 # An attempt ended: the task is done, failed for good, waiting for another attempt, or cancelled.
-OUTCOME_EVENTS = frozenset({"done", "failed", "retrying", "cancelled"})
+OUTCOME_EVENTS = frozenset({"done", "failed", "retrying", "cancelled", "landed", "conflict", "gate_failed"})
 AGENT_EVENTS = frozenset({"agent_exited", "agent_spawned", "agent_hung"})
 # Counters that only grow, so this run's share is now minus the baseline.
 RUN_TASK_STATES = ("done", "failed", "cancelled")
@@ -47,7 +48,7 @@ class TaskOutcome:
     """One attempt's end as the plain run view prints it (``t1 done (attempt 1/3, $0.0012)``)."""
 
     task: str
-    state: str  # done, failed, retrying, cancelled
+    state: str  # done, failed, retrying, cancelled; conflict, gate_failed (re-queued: docs/workspaces.md)
     attempt: int
     max_attempts: int | None
     usd: float
@@ -64,10 +65,21 @@ def task_outcomes(events: list[dict[str, Any]], taskset: TaskSet, records: dict[
         record, task = records.get(task_id), taskset.tasks.get(task_id)
         attempt = event.get("attempt") or (record.attempts if record else 0)
         usd = float((record.usage or {}).get("usd", 0.0) or 0.0) if record else 0.0
-        out.append(TaskOutcome(task=task_id, state=event["event"], attempt=int(attempt),
+        state = outcome_state(event)
+        out.append(TaskOutcome(task=task_id, state=state, attempt=int(attempt),
                                max_attempts=task.max_attempts if task else None, usd=usd,
-                               error=event.get("error") if event["event"] != "done" else None))
+                               error=event.get("error") or event.get("reason") if state != "done" else None))
     return out
+
+
+def outcome_state(event: dict[str, Any]) -> str:
+    """What an attempt-ending event means for its task: a landing is done; a conflict past the limit failed."""
+    kind = event["event"]
+    if kind == "landed":
+        return "done"
+    if kind in ("conflict", "gate_failed") and event.get("state") == "failed":
+        return "failed"
+    return kind
 
 
 def agent_notices(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -46,6 +46,8 @@ class Claim:
     # A networked store's random fence beside the epoch: it tells a retried call (outcome
     # unknown) by this very claim from a stale one. The file store has none.
     token: str | None = None
+    base: str | None = None  # workspaces: the target's commit this claim's worktree started from
+    branch: str | None = None  # workspaces: the claim's branch
 
     def to_json(self) -> dict[str, Any]:
         """The claim as stored (without a token when the store uses none, as the file store's JSON)."""

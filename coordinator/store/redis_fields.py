@@ -22,7 +22,7 @@ RECORD_JSON = frozenset({"usage", "history"})
 RECORD_TEXT = frozenset({"state", "agent", "last_error", "file_hash", "base", "branch", "tip", "landed"})
 CLAIM_INTS = frozenset({"pid", "epoch", "attempt", "child_pid", "generation"})
 CLAIM_FLOATS = frozenset({"pid_started_at", "claimed_at", "renewed_at", "lease_s", "child_started_at"})
-CLAIM_TEXT = frozenset({"agent", "host", "token"})
+CLAIM_TEXT = frozenset({"agent", "host", "token", "base", "branch"})
 
 
 def split(task_id: str, flat: list[str] | dict[str, str]) -> tuple[Record | None, Claim | None]:

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ..report.events import SHOWN_EVENTS, TaskOutcome
 from ..tasks.model import FINISHED
-from .tables import agents_table, gateway_line, queue_line
+from .tables import agents_table, gateway_line, merge_queue_line, queue_line
 
 
 def progress(counts: dict[str, int]) -> tuple[int, int]:
@@ -37,7 +37,7 @@ def event_line(event: dict[str, Any]) -> str:
 
 def render_dashboard(status: dict[str, Any], events: list[dict[str, Any]], elapsed_s: float,
                      tokens: dict[str, int] | None = None, *, hint: str | None = None) -> RenderableType:
-    """The live view: progress, queue counts, agents, gateway, recent events; ``hint`` under the frame."""
+    """The live view: progress, queue counts, agents, gateway, merge queue, recent events; ``hint`` under the frame."""
     done, total = progress(status["tasks"])
     header = Text(f"coordinator  {done}/{total} finished  running {status['tasks']['running']}  "
                   f"{elapsed_s:.1f}s", style="bold")
@@ -45,9 +45,10 @@ def render_dashboard(status: dict[str, Any], events: list[dict[str, Any]], elaps
     event_text = Text("\n".join(event_line(e) for e in recent) or "(no events yet)", style="dim")
     bar = Table.grid()  # a bare ProgressBar ends without a newline: the next line would be glued to it
     bar.add_row(ProgressBar(total=max(total, 1), completed=done, width=60))
+    merge = [Text(""), merge_queue_line(status["merge_queue"])] if "merge_queue" in status else []
     body = Group(header, bar, queue_line(status["tasks"]),
                  Text(""), agents_table(status["agents"], tokens), Text(""), gateway_line(status["gateway"]),
-                 Text(""), Text("recent events", style="bold"), event_text)
+                 *merge, Text(""), Text("recent events", style="bold"), event_text)
     return Panel(body, title="fleet", expand=True, subtitle=hint)
 
 
