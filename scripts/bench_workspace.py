@@ -68,8 +68,12 @@ def build_repo(repo: Path, files: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"f{n}.txt").write_text(f"file {n}\n")
     git(repo, "init", "-q", "-b", "main")
+    # Pack once, in the foreground, and never in the background: an automatic gc deleting loose
+    # objects while the template is copied breaks the copy, and every run starts from the same pack.
+    git(repo, "config", "gc.auto", "0")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "synthetic repository")
+    git(repo, "gc", "-q")
 
 
 def percentile(values: list[float], q: float) -> float:
