@@ -9,10 +9,8 @@ the next heartbeat).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -185,7 +183,7 @@ class Agent:
             result = get_runner(agent.kind)(ctx)
             if self.space is not None and result.ok:  # precheck, gate and land, fenced by the store
                 settled = self.space.settle(dict(ctx.env), self._shutdown_reason, self._on_spawn, extra={
-                    "file_hash": task_hash(task), "claim_ms": round(self.claim_ms, 3),
+                    "file_hash": task.definition_hash(), "claim_ms": round(self.claim_ms, 3),
                     "run_ms": round((time.perf_counter() - self.run_started) * 1000, 3)})
                 result, self.settled, self.lost = settled.result, settled.record, self.lost or settled.lost
         finally:
@@ -258,7 +256,7 @@ class Agent:
             record = self._persist(lambda: self.book.finish(
                 claim, ok=result.ok, error=result.error, usage=result.usage, max_attempts=task.max_attempts,
                 backoff_s=retry_backoff_s(self.config.fleet, claim.attempt),
-                extra={"file_hash": task_hash(task), "claim_ms": round(self.claim_ms, 3),
+                extra={"file_hash": task.definition_hash(), "claim_ms": round(self.claim_ms, 3),
                        "run_ms": round(self.run_ms, 3), **(self.space.fields() if self.space else {})}))
             if record is None:
                 return  # stopped before the disk let us write; the claim's holder is gone, so it is reclaimed
@@ -268,7 +266,7 @@ class Agent:
             self.overhead["claim_ms"] += self.claim_ms
             self.overhead["record_ms"] += (time.perf_counter() - started) * 1000
         except ClaimLostError as exc:
-            log(f"{self.agent_id}: {exc}; the result of this attempt is discarded")
+            self.notes.warn(f"{exc}; the result of this attempt is discarded")
 
     def _heartbeat(self, claim: Claim) -> None:
         """Renew the lease every heartbeat_s; on loss, flag it so the runner is stopped."""
@@ -277,7 +275,7 @@ class Agent:
             if self.current is None:
                 return
             if self.book.pulse():
-                log(f"{self.agent_id}: this process was paused; renewing {claim.task} at once")
+                self.notes.warn(f"this process was paused; renewing {claim.task} at once")
             try:
                 self.book.renew(claim, child_pid=self.child_pid)
             except ClaimLostError as exc:
@@ -290,7 +288,7 @@ class Agent:
 
     def _await_gateway(self) -> None:
         """Wait, with capped backoff, until a gateway answers (or this agent is asked to stop)."""
-        log(f"{self.agent_id}: the gateway is unreachable; waiting for it before claiming again")
+        self.notes.warn("the gateway is unreachable; waiting for it before claiming again")
         self.publish("waiting for gateway")
         for _ in poll(GATEWAY_RETRY_S, growth=2.0, max_step_s=GATEWAY_RETRY_MAX_S, wake=self.wake):
             gateway = read_gateway(self.config)
@@ -392,16 +390,6 @@ class Agent:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
         signal.signal(signal.SIGUSR1, lambda signum, frame: wake_all())
-
-
-def task_hash(task: Task) -> str:
-    """A short hash of the task's definition, stored with each attempt."""
-    return hashlib.sha256(task.model_dump_json().encode()).hexdigest()[:16]
-
-
-def log(message: str) -> None:
-    """One line on stderr (the supervisor keeps each agent's stderr in a log file)."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def default_agent_id() -> str:

@@ -9,6 +9,7 @@ display and never stored.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import StrEnum
 from typing import Annotated, Any
@@ -189,6 +190,10 @@ class Task(BaseModel):
                         else f"a {type(item).__name__}"
                     raise ValueError(f"vars.{name} is {kind}; use a string, number or boolean")
         return value
+
+    def definition_hash(self) -> str:
+        """A short hash of the task's definition (loader fields excluded), stored with each attempt."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     def sort_key(self) -> tuple[int, int, str, int, str]:
         """Run order: priority, then first seen (file mtime), then file and position, then id."""
