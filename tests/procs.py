@@ -129,3 +129,14 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def claims(root: Path) -> list[dict[str, Any]]:
+    """The live claim files of a fleet, as JSON (a file vanishing mid-read is skipped)."""
+    out = []
+    for path in (root / ".coordinator" / "claims").glob("*.json"):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (FileNotFoundError, ValueError):
+            continue
+    return out

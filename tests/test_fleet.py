@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.conftest import coordinator_argv, subprocess_env
-from tests.procs import (assert_no_overlap, events, read_ledger, record, run_cli, start_agent, stop, wait_for, write_ledger_fleet,
+from tests.procs import (assert_no_overlap, claims, events, read_ledger, record, run_cli, start_agent, stop, wait_for, write_ledger_fleet,
                          write_tasks)
 
 SHARED_DOC = "\n".join(f"Rule {n}: every change keeps the claim protocol's properties and is tested with "
@@ -45,15 +45,6 @@ def status_json(root: Path) -> dict:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
-
-def claims(root: Path) -> list[dict]:
-    out = []
-    for path in (root / ".coordinator" / "claims").glob("*.json"):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (FileNotFoundError, ValueError):
-            continue
-    return out
 
 
 def test_end_to_end_40_echo_tasks_share_context_and_collapse(make_fleet) -> None:

@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import coordinator_argv, subprocess_env
 from tests.procs import (
+    claims,
     events,
     read_ledger,
     record,
@@ -72,15 +73,6 @@ def start_gateway(root: Path, name: str) -> subprocess.Popen:
     assert proc.poll() is None, (root / f"{name}.out").read_text()
     return proc
 
-
-def claims(root: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in (root / ".coordinator" / "claims").glob("*.json"):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (FileNotFoundError, ValueError):
-            continue
-    return out
 
 
 def run_dir(root: Path, task_id: str, epoch: int = 1) -> Path:

@@ -14,7 +14,6 @@ restart. Connections are capped and timed (``connections.py``).
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -371,28 +370,10 @@ def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
-def tune_gc() -> None:
-    """The gateway process's GC policy: the collector's defaults, on purpose.
-
-    It used to freeze the start-up heap (``gc.freeze``) and raise the young
-    generation to 20,000 objects, for ~15-20% less CPU per request. That kept
-    cyclic garbage alive: a refused 200 MB gzip body, caught in its exception's
-    traceback cycle, stayed in memory (4.4 GB after 8 such bodies). Without the
-    tuning the same flood returns to idle memory
-    (``tests/test_gateway_hardening.py``); what that costs is in docs/gateway.md
-    ("Performance"). Kept as a function because ``coordinator run`` calls it.
-    """
-    gc.set_threshold(*_DEFAULT_GC_THRESHOLDS)
-
-
-_DEFAULT_GC_THRESHOLDS = gc.get_threshold()
-
-
 def serve_forever(config: FleetConfig, env: Mapping[str, str], port: int | None = None, *,
                   on_ready: Callable[[Gateway], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly (what ``coordinator gateway`` runs)."""
     env = protect_keys(env, config)  # this process now holds the keys: not dumpable, not in os.environ
-    tune_gc()  # this process is the gateway and nothing else
 
     async def main() -> None:
         gateway = Gateway(config, env, port)
