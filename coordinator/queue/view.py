@@ -22,6 +22,7 @@ from ..tasks import State, Task, TaskSet
 from ..tasks.cache import open_index, save_index
 
 RESCAN_EVERY_S = 2.0
+STORE_TIME_EVERY_S = 0.5
 STATE_NAMES = frozenset(State)
 
 
@@ -50,6 +51,7 @@ class QueueView:
         self.backoff: list[tuple[float, str]] = []  # the same, by when they may run
         self.cursor = 0
         self._scanned_at = float("-inf")
+        self._store_time, self._store_time_at = 0.0, float("-inf")
 
     def resync(self, records: Iterable[Record] | None = None, *, build_heap: bool = True) -> None:
         """Rebuild the whole view from task files and records (O(n)); pass records already read."""
@@ -175,7 +177,18 @@ class QueueView:
 
     def _is_backing_off(self, task_id: str) -> bool:
         until = self.retry_at.get(task_id)
-        return until is not None and self.store.now() < until
+        return until is not None and self._store_now() < until
+
+    def _store_now(self) -> float:
+        """The store's time (backoffs are in it), read at most every STORE_TIME_EVERY_S.
+
+        A networked store answers ``now()`` with a round trip; ``counts()`` asks once
+        per backing-off task, so the reading is reused for a moment.
+        """
+        mono = self.clock.now()
+        if mono - self._store_time_at >= STORE_TIME_EVERY_S:
+            self._store_time, self._store_time_at = self.store.now(), mono
+        return self._store_time + (mono - self._store_time_at)
 
     def _back_off(self, task_id: str, until: float) -> None:
         self.retry_at[task_id] = until
@@ -183,7 +196,7 @@ class QueueView:
 
     def _release_due(self) -> None:
         """Tasks whose backoff is over join the ready heap."""
-        now = self.store.now()
+        now = self._store_now()
         while self.backoff and self.backoff[0][0] <= now:
             until, task_id = heapq.heappop(self.backoff)
             if self.retry_at.get(task_id) == until:
