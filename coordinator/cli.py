@@ -317,6 +317,8 @@ def gc(ctx: typer.Context, dry_run: Annotated[bool, typer.Option("--dry-run", he
         typer.echo(f"salvaged {item['task']} (epoch {item['epoch']}) to {item['ref']}")
     for branch in report["branches_deleted"]:
         typer.echo(f"{'would delete' if dry_run else 'deleted'} branch {branch}")
+    for spare in report["spares_removed"]:
+        typer.echo(f"{verb} spare worktree {spare}")
 
 
 @app.command()

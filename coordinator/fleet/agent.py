@@ -34,6 +34,7 @@ from .homes import config_dir_env
 from .landing import ClaimWorkspace, carry_conflict, open_workspace
 from .notes import Notes
 from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
+from .worktrees import discard_spares
 
 T = TypeVar("T")
 IDLE_POLL_S = 0.2
@@ -117,6 +118,7 @@ class Agent:
             self.work(*picked)
             self.wake.set()  # claim the next task at once
         self.publish("stopped")
+        discard_spares(self.config, self.agent_id, self.notes.warn)
         self.notes.event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
         return 1 if self.until_empty and self.view.has_failed_work() else 0
 
