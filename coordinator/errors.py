@@ -105,6 +105,11 @@ class StoreUnavailableError(StoreError):
                          f"then try again", url=url)
 
 
+# A state write that failed now and may succeed later: a full or read-only disk, an
+# unreachable store. Agents wait and retry on these; anything else is a real error.
+TRANSIENT_STORE_ERRORS = (StateError, StoreUnavailableError)
+
+
 class IncarnationError(StoreError):
     """The store's incarnation is missing or not the one this fleet knew: it was wiped or replaced.
 

@@ -25,13 +25,13 @@ from ..atomic import PRIVATE_DIR, USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import FleetConfig
 from ..errors import StateError
-from ..queue.claims import ClaimBook
 from ..provider_keys import without_secrets
+from ..queue.claims import ClaimBook
 from ..store import open_store
 from ..tasks.cache import load_cached
 from .gc import salvage_reclaimed
-from .notes import Notes
 from .keeper import GatewayKeeper, hold_fleet
+from .notes import Notes
 
 TICK_S = 0.5
 STAGGER_S = 0.3
