@@ -110,8 +110,9 @@ def _queue(counts: dict[str, int]) -> Html:
     items = join(fill('<li><a class="count state-{state}" href="/ui/tasks?state={state}"><span class="n">{n}</span>'
                       ' {state}</a></li>', state=state, n=counts.get(state, 0)) for state in STATES)
     total = sum(counts.get(state, 0) for state in STATES)
-    return fill('<section class="card"><h2>Queue <span class="muted">{total} tasks</span></h2>'
-                '<ul class="counts">{items}</ul></section>', total=total, items=items)
+    return fill('<section class="card"><h2>Queue <span class="muted">{total}</span></h2>'
+                '<ul class="counts">{items}</ul></section>', total=f"{total} task{'' if total == 1 else 's'}",
+                items=items)
 
 
 def _agents(agents: list[dict[str, Any]]) -> Html:
@@ -213,7 +214,8 @@ def task_detail(data: dict[str, Any]) -> Html:
              ("attempts", f"{record.get('attempts', 0)}/{task.get('max_attempts', '')}"),
              ("file", task.get("source")), ("depends on", ", ".join(task.get("depends_on") or []) or None),
              ("why", data.get("reason")), ("worker", record.get("agent")),
-             ("claimed", _when(record.get("claimed_at"))), ("finished", _when(record.get("finished_at"))),
+             ("claimed", _when(record.get("claimed_at"))),
+             ("finished", _when(record.get("finished_at")) if State(state).is_finished else None),
              ("usage", _usage(record.get("usage"))), ("branch", record.get("branch")),
              ("landed", record.get("landed")),
              ("claim", fill("{agent}, pid {pid}, epoch {epoch}", **{k: claim.get(k) for k in ("agent", "pid", "epoch")})
