@@ -91,53 +91,9 @@ def test_the_dashboard_follows_the_fleet_live(fleet: Path, page: Page, tmp_path:
     assert link.returncode == 0, link.stderr
     page.goto(link.stdout.strip())
     expect(page).to_have_url(re.compile(r"/ui/$"))
-    expect(page.locator("#conn")).to_have_text("live", timeout=WAIT_MS)
-    page.evaluate("window.stayed = true")  # gone if the page reloads
-
-    drop(fleet, "quick", 'prompt = "Say hello to the dashboard"\nagent = "llm"\n')
-    expect(page.locator(".count.state-done .n")).to_have_text("1", timeout=WAIT_MS)
-    expect(page.locator("#events")).to_contain_text("done quick", timeout=WAIT_MS)
-    requests = page.locator('.figures div:has(dt:text-is("requests")) dd')
-    expect(requests).not_to_have_text("0", timeout=WAIT_MS)  # the llm agent's calls through the gateway
-    page.screenshot(path=tmp_path / "overview.png", full_page=True)
-
-    page.click("header nav >> text=Tasks")
-    expect(page.locator('tr[data-task="quick"]')).to_be_visible(timeout=WAIT_MS)
-    page.evaluate("window.stayed = true")
-    drop(fleet, "tick", 'prompt = "Count for a while"\nagent = "ticker"\n')
-    tick_row = page.locator('tr[data-task="tick"]')
-    expect(tick_row.locator(".badge")).to_have_text("running", timeout=WAIT_MS)
-    page.fill("#filters input[name=q]", "count")
-    expect(page.locator("tr[data-task]")).to_have_count(1, timeout=WAIT_MS)
-    expect(page).to_have_url(re.compile(r"/ui/tasks\?q=count$"))
-    assert page.evaluate("window.stayed") is True, "the list changed without a reload"
-    page.screenshot(path=tmp_path / "list.png", full_page=True)
-
-    tick_row.locator("a").click()
-    expect(page).to_have_url(re.compile(r"/ui/tasks/tick$"))
-    log = page.locator("#log")
-    expect(log).to_contain_text("tick 2", timeout=WAIT_MS)
-    page.evaluate("window.stayed = true")
-    ticks = [int(n) for n in re.findall(r"tick (\d+)", log.inner_text())]
-    expect(log).to_contain_text(f"tick {max(ticks) + 5}\n", timeout=WAIT_MS)  # lines written after the page opened
-    expect(page.locator("#state")).to_have_text("running")
-    page.screenshot(path=tmp_path / "detail.png", full_page=True)
-
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("button[data-action=cancel]")
-    expect(page.locator("#state")).to_have_text("cancelled", timeout=WAIT_MS)
-    expect(page.locator("#log-note")).to_have_text("ended: cancelled", timeout=WAIT_MS)
-    expect(page.locator("button[data-action=retry]")).to_be_visible(timeout=WAIT_MS)
-    assert shown_state(fleet, "tick") == "cancelled"
-
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("button[data-action=retry]")
-    expect(log).to_contain_text("— run 2 —", timeout=WAIT_MS)
-    expect(page.locator("#state")).to_have_text("running", timeout=WAIT_MS)
-    assert shown_state(fleet, "tick") == "running"
-    assert page.evaluate("window.stayed") is True, "the task page changed without a reload"
-    page.screenshot(path=tmp_path / "detail-retried.png", full_page=True)
-
+    overview_follows_a_task_to_done(fleet, page, tmp_path)
+    list_shows_dropped_tasks_and_filters(fleet, page, tmp_path)
+    task_page_follows_the_log_cancel_and_retry(fleet, page, tmp_path)
     page.set_viewport_size({"width": 400, "height": 800})
     for name, path in (("overview", "/ui/"), ("list", "/ui/tasks"), ("detail", "/ui/tasks/tick")):
         page.goto(page.url.split("/ui/")[0] + path)
@@ -145,6 +101,58 @@ def test_the_dashboard_follows_the_fleet_live(fleet: Path, page: Page, tmp_path:
         assert no_horizontal_overflow(page), f"the {name} view is wider than 400 px"
         page.screenshot(path=tmp_path / f"narrow-{name}.png", full_page=True)
     assert errors == [], "the script threw"
+
+
+def overview_follows_a_task_to_done(fleet: Path, page: Page, tmp_path: Path) -> None:
+    expect(page.locator("#conn")).to_have_text("live", timeout=WAIT_MS)
+    page.evaluate("window.stayed = true")  # gone if the page reloads
+    drop(fleet, "quick", 'prompt = "Say hello to the dashboard"\nagent = "llm"\n')
+    expect(page.locator(".count.state-done .n")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator("#events")).to_contain_text("done quick", timeout=WAIT_MS)
+    requests = page.locator('.figures div:has(dt:text-is("requests")) dd')
+    expect(requests).not_to_have_text("0", timeout=WAIT_MS)  # the llm agent's calls through the gateway
+    assert page.evaluate("window.stayed") is True, "the overview changed without a reload"
+    page.screenshot(path=tmp_path / "overview.png", full_page=True)
+
+
+def list_shows_dropped_tasks_and_filters(fleet: Path, page: Page, tmp_path: Path) -> None:
+    page.click("header nav >> text=Tasks")
+    expect(page.locator('tr[data-task="quick"]')).to_be_visible(timeout=WAIT_MS)
+    page.evaluate("window.stayed = true")
+    drop(fleet, "tick", 'prompt = "Count for a while"\nagent = "ticker"\n')
+    expect(page.locator('tr[data-task="tick"] .badge')).to_have_text("running", timeout=WAIT_MS)
+    page.fill("#filters input[name=q]", "count")
+    expect(page.locator("tr[data-task]")).to_have_count(1, timeout=WAIT_MS)
+    expect(page).to_have_url(re.compile(r"/ui/tasks\?q=count$"))
+    assert page.evaluate("window.stayed") is True, "the list changed without a reload"
+    page.screenshot(path=tmp_path / "list.png", full_page=True)
+
+
+def task_page_follows_the_log_cancel_and_retry(fleet: Path, page: Page, tmp_path: Path) -> None:
+    page.click('tr[data-task="tick"] a')
+    expect(page).to_have_url(re.compile(r"/ui/tasks/tick$"))
+    log, state = page.locator("#log"), page.locator("#state")
+    expect(log).to_contain_text("tick 2", timeout=WAIT_MS)
+    page.evaluate("window.stayed = true")
+    ticks = [int(n) for n in re.findall(r"tick (\d+)", log.inner_text())]
+    expect(log).to_contain_text(f"tick {max(ticks) + 5}\n", timeout=WAIT_MS)  # lines written after the page opened
+    expect(state).to_have_text("running", timeout=WAIT_MS)
+    page.screenshot(path=tmp_path / "detail.png", full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[data-action=cancel]")
+    expect(state).to_have_text("cancelled", timeout=WAIT_MS)
+    expect(page.locator("#log-note")).to_have_text("ended: cancelled", timeout=WAIT_MS)
+    expect(page.locator("button[data-action=retry]")).to_be_visible(timeout=WAIT_MS)
+    assert shown_state(fleet, "tick") == "cancelled"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button[data-action=retry]")
+    expect(log).to_contain_text("— run 2 —", timeout=WAIT_MS)
+    expect(state).to_have_text("running", timeout=WAIT_MS)
+    assert shown_state(fleet, "tick") == "running"
+    assert page.evaluate("window.stayed") is True, "the task page changed without a reload"
+    page.screenshot(path=tmp_path / "detail-retried.png", full_page=True)
 
 
 def test_a_browser_without_the_cookie_sees_only_how_to_sign_in(tmp_path: Path, page: Page) -> None:

@@ -34,6 +34,9 @@ class Html(str):
     """Markup that is safe as it is: ``fill`` inserts it unescaped."""
 
 
+EMPTY = Html("")
+
+
 def esc(value: Any) -> Html:
     """``value`` as text in HTML (None is empty)."""
     if isinstance(value, Html):
@@ -56,13 +59,14 @@ def task_href(task_id: str) -> str:
     return f"/ui/tasks/{quote(task_id, safe='')}"
 
 
-def layout(title: str, view: str, live: Html, *, before: Html = Html(""), after: Html = Html(""),
+def layout(title: str, view: str, live: Html, *, before: Html = EMPTY, after: Html = EMPTY,
            root: str = "") -> str:
     """A whole page: the header, what stays put before and after the live part, and the live part."""
     return fill(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<title>{title} · coordinator</title><link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/static/dashboard.css">'
+        '<title>{title} · coordinator</title><link rel="icon" href="data:,">'
+        '<link rel="stylesheet" href="/ui/static/dashboard.css">'
         '<script src="/ui/static/dashboard.js" defer></script></head>'
         '<body data-view="{view}" data-fleet-events="{events}">'
         '<header class="top"><a class="brand" href="/ui/">coordinator</a><nav>'
@@ -78,7 +82,7 @@ def layout(title: str, view: str, live: Html, *, before: Html = Html(""), after:
 
 def state_badge(state: str, element_id: str = "") -> Html:
     """A task state as a coloured label."""
-    ident = fill(' id="{id}"', id=element_id) if element_id else ""
+    ident = fill(' id="{id}"', id=element_id) if element_id else EMPTY
     return fill('<span class="badge state-{state}"{ident}>{state}</span>', state=state, ident=ident)
 
 
@@ -241,7 +245,7 @@ def task_log(task_id: str) -> Html:
 def _actions(task: dict[str, Any], state: str) -> Html:
     task_id = task.get("id")
     if not task_id or state == State.INVALID:
-        return Html("")
+        return EMPTY
     stored = State.PENDING if state == State.BLOCKED else State(state)
     buttons = [fill('<button type="button" class="{kind}" data-action="{kind}" data-url="{url}" '
                     'data-confirm="{confirm}">{label}</button>', kind=kind, label=label, confirm=f"{label} {task_id}?",
@@ -262,7 +266,7 @@ def login_help(reason: str) -> str:
 
 
 def _task_link(task_id: str | None) -> Html:
-    return fill('<a href="{href}">{id}</a>', href=task_href(task_id), id=task_id) if task_id else Html("")
+    return fill('<a href="{href}">{id}</a>', href=task_href(task_id), id=task_id) if task_id else EMPTY
 
 
 def _seconds(value: float | None) -> str:

@@ -53,8 +53,8 @@ class View:
     title: str
     name: str
     live: pages.Html
-    before: pages.Html = pages.Html("")
-    after: pages.Html = pages.Html("")
+    before: pages.Html = pages.EMPTY
+    after: pages.Html = pages.EMPTY
     status: int = 200
 
 
@@ -120,7 +120,7 @@ class Dashboard:
             live = pages.fill('<section class="card"><h1>No such task</h1><p>{m}</p>'
                               '<p><a href="/ui/tasks">All tasks</a></p></section>', m=str(exc))
             return View("No such task", "task", live, status=404)
-        after = pages.task_log(task_id) if data.get("runs_dir") else pages.Html("")
+        after = pages.task_log(task_id) if data.get("runs_dir") else pages.EMPTY
         return View(task_id, "task", pages.task_detail(data), after=after)
 
     def _view(self, render: Render) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
