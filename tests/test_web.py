@@ -7,7 +7,9 @@ and no test sleeps. The browser itself is driven in tests/test_web_browser.py.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from coordinator.clock import ManualClock
 from coordinator.config import load_config
 from coordinator.gateway.server import GatewayHandle, start_in_thread
 from coordinator.gateway.tokens import task_token
-from coordinator.serve.sessions import CODE_TTL_S, SESSION_TTL_S
+from coordinator.serve.sessions import CODE_TTL_S, MAX_CODES, SESSION_TTL_S, Sessions
 from tests.api_support import API, write_echo_fleet
 from tests.conftest import subprocess_env
 from tests.procs import run_cli
@@ -123,6 +125,14 @@ def test_a_session_ends_after_its_time(server: Server) -> None:
     server.clock.advance(SESSION_TTL_S)
     assert httpx.get(f"{server.url}/ui/tasks", headers=cookie).status_code == 401
     assert httpx.get(f"{server.url}{API}/tasks", headers=cookie).status_code == 401
+
+
+def test_outstanding_codes_are_capped_and_the_oldest_dropped() -> None:
+    sessions = Sessions(ManualClock())
+    codes = [sessions.mint_code() for _ in range(MAX_CODES + 1)]
+    assert sessions.redeem(codes[0]) is None, "the oldest made room for the newest"
+    assert sessions.redeem(codes[-1]) is not None and sessions.redeem(codes[1]) is not None
+    assert sessions.redeem(codes[-1]) is None
 
 
 def test_only_the_fleet_token_mints_codes(server: Server) -> None:
@@ -266,6 +276,21 @@ def test_coordinator_ui_without_a_gateway_says_how_to_start_one(tmp_path: Path) 
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "no gateway is running" in result.stderr and "`coordinator gateway`" in result.stderr
+
+
+def test_coordinator_ui_says_so_when_the_gateway_does_not_answer(tmp_path: Path) -> None:
+    root = write_echo_fleet(tmp_path / "fleet")
+    with socket.socket() as sock:  # a port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = root / ".coordinator"
+    state.mkdir()
+    (state / "gateway.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": os.getpid(),
+                                                    "token": "cgf-stale"}))
+    result = run_cli(root, "ui")
+    assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1
+    assert f"the gateway at http://127.0.0.1:{port} did not answer" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_coordinator_ui_prints_a_link_and_opens_it(server: Server, tmp_path: Path) -> None:
