@@ -294,6 +294,7 @@ class Agent:
             return self.lost
         if self.current is not None and (fence := self.watch.fence_reason()):
             self.lost, self.fenced = fence, True  # self-fencing: stop before the lease runs out (lease.py)
+            self.notes.warn(f"{self.current[0].id}: {fence}")
             return fence
         return self._shutdown_reason()
 
