@@ -322,7 +322,17 @@ class Agent:
         salvage_reclaimed(self.config, self.store, reaped, self.notes.warn)
 
     def _on_spawn(self, pid: int) -> None:
-        self.child_pid = pid  # written into the claim by the next heartbeat
+        """Write the runner's pid into the claim before it runs (it waits at a gate: runners/process.py)."""
+        self.child_pid = pid
+        current = self.current
+        if current is None:
+            return
+        try:
+            self.book.renew(current[1], child_pid=pid)
+        except ClaimLostError as exc:
+            self.lost = self.lost or exc.args[0]
+        except TRANSIENT_STORE_ERRORS as exc:  # the next heartbeat writes it; fencing covers the rest
+            self.notes.warn(f"{exc}; the runner's pid goes into the claim at the next heartbeat")
 
     def _full_resync(self) -> None:
         """Rebuild the view, reap, and put back running records that lost their claim."""
