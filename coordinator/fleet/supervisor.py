@@ -28,7 +28,8 @@ from ..errors import TRANSIENT_STORE_ERRORS
 from ..provider_keys import without_secrets
 from ..queue.claims import ClaimBook
 from ..store import open_store
-from ..tasks.cache import load_cached
+from ..queue.taskfiles import SharedTaskFiles
+from ..tasks.cache import open_index
 from .gc import salvage_reclaimed
 from .keeper import GatewayKeeper, hold_fleet
 from .notes import Notes
@@ -209,7 +210,7 @@ class Supervisor:
         self.on_tick(self)
 
     def _max_attempts(self, task_id: str) -> int:
-        task = load_cached(self.config).tasks.get(task_id)
+        task = SharedTaskFiles(self.store, open_index(self.config)).refresh().tasks.get(task_id)
         return task.max_attempts if task else 1
 
     def agent_pids(self) -> dict[str, int | None]:
