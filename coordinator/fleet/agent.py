@@ -202,8 +202,8 @@ class Agent:
         previous = self.store.read_record(task.id) if claim.attempt > 1 or self.space else None
         env = {**self.env, **config_dir_env(self.config, self.agent_id, agent, self.env),
                **(self.space.env() if self.space else {})}
-        token = gateway.task_token(task, self.agent_id, attempt=claim.attempt,
-                                   generation=claim.generation) if gateway else None
+        token = gateway.task_token(task, self.agent_id, attempt=claim.attempt, generation=claim.generation,
+                                   agent_name=agent_name) if gateway else None
         return RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
                           config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
                           workdir_fd=workdir_fd, env=env, should_stop=self._should_stop,

@@ -52,6 +52,21 @@ def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
     return report
 
 
+def fleet_figures(config: FleetConfig, now: float, store: Store) -> dict[str, Any]:
+    """The fleet's numbers for the gateway's ``/metrics``: tasks by state, agents by state, the merge queue."""
+    agents: dict[str, int] = {}
+    for data in store.read_agents():
+        state = agent_row(data, now, config.fleet.lease_s)["state"]
+        agents[state] = agents.get(state, 0) + 1
+    figures = {"tasks": snapshot(config, store).counts(), "agents": agents,
+               "agents_alive": sum(n for state, n in agents.items() if state not in ("dead", "stopped"))}
+    if config.workspace.mode == "worktree":
+        from .merge_queue import merge_queue  # noqa: PLC0415  (only fleets with workspaces)
+
+        figures["merge_queue"] = merge_queue(store)
+    return figures
+
+
 def agent_row(data: dict[str, Any], now: float, lease_s: float) -> dict[str, Any]:
     """One agent as ``status`` shows it: alive by pid on this host, by heartbeat age elsewhere."""
     pid, started = int(data.get("pid", 0)), float(data.get("pid_started_at", 0.0))
