@@ -21,6 +21,10 @@ from ..store import Store, open_store
 from .rows import FleetSnapshot, snapshot
 
 
+# What status shows per [models] alias (the routing of requests: gateway/routing.py).
+ALIAS_KEYS = ("requests", "upstream_calls", "input_tokens", "output_tokens", "usd")
+
+
 def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = None,
                  store: Store | None = None) -> dict[str, Any]:
     """The whole report as the stable JSON shape of `status --json`, as of wall time ``now``."""
@@ -43,6 +47,9 @@ def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
         problems.append(f"{len(invalid)} invalid task file(s)")
     if gateway.get("unreachable"):
         problems.append("gateway unreachable")
+    if (gateway.get("config") or {}).get("refused"):
+        problems.append(f"the gateway refused fleet.toml and still serves the last good one: "
+                        f"{gateway['config']['refused']['error']}")
     report = {"tasks": snap.counts(), "agents": agents, "gateway": gateway, "stale_claims": stale,
               "invalid_files": invalid, "healthy": not problems, "problems": problems, "paused": store.is_paused()}
     if config.workspace.mode == "worktree":
@@ -100,4 +107,8 @@ def gateway_status(config: FleetConfig) -> dict[str, Any]:
     for key in STAT_KEYS:
         value = stats.get(key, 0)
         out[key] = round(float(value), 6) if key.startswith("usd") else int(value or 0)
+    out["aliases"] = {alias: {key: row.get(key, 0) for key in ALIAS_KEYS}
+                      for alias, row in (stats.get("aliases") or {}).items() if isinstance(row, dict)}
+    if isinstance(stats.get("config"), dict):  # a live gateway: the fleet.toml generation it serves
+        out["config"] = stats["config"]
     return out
