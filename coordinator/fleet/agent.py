@@ -33,6 +33,7 @@ from .gc import salvage_reclaimed
 from .homes import config_dir_env
 from .landing import ClaimWorkspace, carry_conflict, open_workspace
 from .notes import Notes
+from .settings import AgentSettings
 from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
 
 T = TypeVar("T")
@@ -88,6 +89,7 @@ class Agent:
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
         self.notes = Notes(self.store, agent_id)
+        self.settings = AgentSettings(config, self.notes.warn)  # [agents.*] reread at each claim
         self.space: ClaimWorkspace | None = None  # the current claim's worktree (docs/workspaces.md)
         self.settled: Any = None  # the record the store wrote while landing or re-queueing, if it did
         self.landing: dict[str, Any] | None = None  # what the merge queue shows of this agent
@@ -121,7 +123,8 @@ class Agent:
         return 1 if self.until_empty and self.view.has_failed_work() else 0
 
     def claim_next(self) -> tuple[Task, Claim] | None:
-        """Reap stale claims, catch up on the feed, and claim the best ready task."""
+        """Reread changed agent settings, reap stale claims, catch up on the feed, and claim the best ready task."""
+        self.config = self.settings.refresh(self.config)
         self.view.rescan_if_due()
         started = time.perf_counter()
         self.book.pulse()
@@ -311,9 +314,7 @@ class Agent:
         return None
 
     def _should_stop(self) -> str | None:
-        if self.lost:
-            return self.lost
-        return self._shutdown_reason()
+        return self.lost or self._shutdown_reason()
 
     def _shutdown_reason(self) -> str | None:
         if self.stop_now:

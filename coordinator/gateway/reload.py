@@ -64,7 +64,7 @@ class Reloader:
         self.metrics.config_generation.set(1)
         self.refused: dict[str, Any] | None = None
         self.retired: list[Snapshot] = []
-        self._closed: set[int] = set()
+        self.closed: set[int] = set()  # serials of the connections drained and closed
         self._lock = asyncio.Lock()
 
     def status(self) -> dict[str, Any]:
@@ -164,11 +164,11 @@ class Reloader:
         if not idle:
             return
         self.retired = [s for s in self.retired if s.users > 0]
-        live = {id(u) for s in (self.current, *self.retired) for u in s.upstreams.values()}
+        live = {u.serial for s in (self.current, *self.retired) for u in s.upstreams.values()}
         for snapshot in idle:
             for upstream in snapshot.upstreams.values():
-                if id(upstream) not in live and id(upstream) not in self._closed:
-                    self._closed.add(id(upstream))
+                if upstream.serial not in live and upstream.serial not in self.closed:
+                    self.closed.add(upstream.serial)
                     log.info("gateway: backend %r (connection %d) drained; closing it", upstream.name, upstream.serial)
                     await upstream.backend.aclose()
 
