@@ -9,7 +9,7 @@ import pytest
 from coordinator.clock import ManualClock
 from coordinator.gateway.tokens import task_token
 from tests.fake_upstream import CutStream, Reply, fake_upstream  # noqa: F401 - fixture
-from tests.gateway_support import user
+from tests.gateway_support import ANTHROPIC_KEY, user
 from tests.routing_support import ask, routed_gateway, routing_toml, second_upstream  # noqa: F401 - fixtures
 
 EXPECTED = "reply to: hello"
@@ -31,9 +31,11 @@ def _fallbacks(gw, reason: str) -> str:
 
 
 def test_529_until_retries_run_out_is_answered_by_the_fallback_alias(routed_gateway, fake_upstream,
-                                                                      second_upstream) -> None:
+                                                                      second_upstream, caplog) -> None:
     gw = routed_gateway(_toml(fake_upstream.url, second_upstream.url), clock=ManualClock())
-    fake_upstream.script(Reply(529), Reply(529), Reply(529))
+    # The upstream's error quotes the key: the fallback's log line must not.
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": f"busy ({ANTHROPIC_KEY})"}}
+    fake_upstream.script(*[Reply(529, json=overloaded)] * 3)
     client = anthropic.Anthropic(base_url=gw.url, api_key=task_token(gw.token, "t1"), max_retries=0)
     raw = client.messages.with_raw_response.create(model="default", max_tokens=32, messages=user("hello"))
     assert raw.parse().content[0].text == EXPECTED
@@ -47,6 +49,9 @@ def test_529_until_retries_run_out_is_answered_by_the_fallback_alias(routed_gate
     assert stats["models"]["claude-haiku-4-5"]["output_tokens"] == rows["backup"]["output_tokens"]
     assert stats["backends"]["default"]["breaker"] == "open" and stats["backends"]["spare"]["breaker"] == "closed"
     assert f"{_fallbacks(gw, 'retries_exhausted')} 1.0" in _metrics(gw)
+    hops = [r.getMessage() for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(hops) == 1 and "default@default to backup@spare (retries_exhausted)" in hops[0]
+    assert "busy ([redacted])" in hops[0] and ANTHROPIC_KEY not in caplog.text
     # While the circuit is open the primary is not called at all: the chain goes straight on.
     assert client.messages.create(model="default", max_tokens=32, messages=user("again")).content[0].text
     assert len(fake_upstream.calls) == 3 and len(second_upstream.calls) == 2
