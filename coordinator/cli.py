@@ -317,6 +317,8 @@ def gc(ctx: typer.Context, dry_run: Annotated[bool, typer.Option("--dry-run", he
         typer.echo(f"salvaged {item['task']} (epoch {item['epoch']}) to {item['ref']}")
     for branch in report["branches_deleted"]:
         typer.echo(f"{'would delete' if dry_run else 'deleted'} branch {branch}")
+    for spare in report["spares_removed"]:
+        typer.echo(f"{verb} spare worktree {spare}")
 
 
 @app.command()
@@ -332,6 +334,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet 
 
 # The commands that change the queue, and those about fleet.toml, live beside this module; importing registers them.
 from . import cli_config, cli_queue  # noqa: E402, F401
+from . import cli_serve  # noqa: E402, F401  (`coordinator ui`)
 
 
 def _help_command() -> str:

@@ -92,7 +92,7 @@ class ClaimWorkspace:
     def open(self, env: dict[str, str], should_stop: Callable[[], str | None]) -> str | None:
         """Create the worktree, copy and run setup; None when ready, else why not."""
         with self.timed("create"):
-            self.ws = wt.create(self.config, self.task.id, self.claim.epoch)
+            self.ws = wt.create(self.config, self.task.id, self.claim.epoch, agent=self.claim.agent)
         # On the claim from the start, so whoever finds it (status, a takeover) knows where it began.
         self.claim.base, self.claim.branch = self.ws.base, self.ws.branch
         self.store.renew(self.claim)
@@ -232,23 +232,23 @@ class ClaimWorkspace:
         if self.ws is None:
             return
         with self.timed("cleanup"):
-            self._remove()
+            released = self._remove()
         self.store.append_event("workspace_closed", task=self.task.id, epoch=self.claim.epoch, landed=self.landed,
                                 steps_ms={k: round(v, 3) for k, v in self.steps_ms.items()})
+        if not released:
+            raise CoordinatorError(f"{self.ws.path} holds changes that could not be committed, so it is kept")
 
-    def _remove(self) -> None:
-        """A landed branch goes with its worktree; anything unlanded is kept under a salvage ref first."""
+    def _remove(self) -> bool:
+        """A landed branch goes with its worktree; anything unlanded is kept under a salvage ref first.
+
+        False when the worktree holds changes that could not be committed: it stays.
+        """
         ws = self.ws
         assert ws is not None
-        if wt.gate_path(ws).exists():  # the candidate it held is rebuilt from the tip, which is kept below
-            wt.remove_worktree(ws.repo, wt.gate_path(ws))
-        if self.landed:
-            wt.remove_worktree(ws.repo, ws.path, branch=ws.branch)
-            return
-        ref = wt.salvage(ws, f"salvage: {self.task.id} at epoch {self.claim.epoch}")
-        wt.remove_worktree(ws.repo, ws.path)
+        ref = None if self.landed else wt.salvage(ws, f"salvage: {self.task.id} at epoch {self.claim.epoch}")
         if ref is not None:
             self.store.append_event("salvaged", task=self.task.id, epoch=self.claim.epoch, ref=ref, commit=ws.tip)
+        return wt.release(ws, landed=self.landed)  # a gate worktree's candidate is rebuilt from the tip, kept above
 
 
 def carry_conflict(config: FleetConfig, record: Record | None, run: Path) -> Path | None:

@@ -133,7 +133,7 @@ class Gateway:
         app.router.add_get("/v1/coordinator/usage/{task_id}", self._usage)
         app.router.add_post("/v1/coordinator/config/reload", guarded(self._reload, FLEET, self.proxy.authenticate))
         self.api = mount_task_api(app, self.config, self.proxy.authenticate,
-                                  lambda: self.ledger.check_budget(None, None, None))
+                                  lambda: self.ledger.check_budget(None, None, None), self.clock)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 

@@ -145,7 +145,8 @@ class RedisStore(Store):
     def renew(self, claim: Claim, *, child_pid: int | None = None,
               child_started_at: float | None = None) -> Claim:
         reply = self._fenced("renew", claim, "renew", {
-            "child_pid": child_pid, "child_started_at": None if child_started_at is None else _f(child_started_at)})
+            "child_pid": child_pid, "child_started_at": None if child_started_at is None else _f(child_started_at),
+            "base": claim.base, "branch": claim.branch})
         renewed = split(claim.task, reply[1])[1]
         assert renewed is not None  # the script just wrote it
         return renewed
