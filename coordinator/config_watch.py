@@ -15,29 +15,40 @@ from pathlib import Path
 
 
 class ConfigWatch:
-    """Whether one file's content changed since the last look."""
+    """Whether one file's content changed since the last look; ``content`` is the bytes last seen."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stat = self._signature()
-        self.digest = self._digest()
+        self.content: bytes | None = None
+        self.digest: bytes | None = None
+        self.see(*self.read())
 
     def changed(self) -> bool:
         """True once per change of content (a missing or unreadable file is not a change)."""
         signature = self._signature()
         if signature == self._stat:
             return False
+        content, signature = self.read()
         self._stat = signature
-        digest = self._digest()
-        if digest is None or digest == self.digest:
+        if content is None or _digest(content) == self.digest:
             return False
-        self.digest = digest
+        self.see(content, signature)
         return True
 
-    def mark_read(self) -> None:
-        """The caller has just read the file itself (a forced reload): the next look starts from here."""
-        self._stat = self._signature()
-        self.digest = self._digest() or self.digest
+    def read(self) -> tuple[bytes | None, tuple[int, int, int] | None]:
+        """(the file's bytes, its stat signature taken before reading them): a write after the read moves
+        the signature, so it is noticed; no state changes (safe on a worker thread)."""
+        signature = self._signature()
+        try:
+            return self.path.read_bytes(), signature
+        except OSError:
+            return None, signature
+
+    def see(self, content: bytes | None, signature: tuple[int, int, int] | None) -> None:
+        """Remember ``content`` (as ``read`` returned it) as the file's current one."""
+        self._stat = signature
+        if content is not None:
+            self.content, self.digest = content, _digest(content)
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
@@ -46,8 +57,6 @@ class ConfigWatch:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def _digest(self) -> bytes | None:
-        try:
-            return hashlib.blake2b(self.path.read_bytes(), digest_size=16).digest()
-        except OSError:
-            return None
+
+def _digest(content: bytes) -> bytes:
+    return hashlib.blake2b(content, digest_size=16).digest()

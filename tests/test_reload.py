@@ -11,9 +11,11 @@ import httpx
 
 from coordinator.clock import ManualClock
 from coordinator.config import load_config
+from coordinator.gateway.server import start_in_thread
 from coordinator.gateway.tokens import task_token
 from coordinator.report.status import build_status
 from tests.fake_upstream import Reply, await_until, fake_upstream, wait_until  # noqa: F401 - fixture
+from tests.gateway_support import ENV
 from tests.procs import events, run_cli
 from tests.routing_support import ask, routed_gateway, routing_toml, second_upstream  # noqa: F401 - fixtures
 
@@ -139,3 +141,16 @@ def test_unchanged_backends_keep_their_state_changed_limits_are_retuned_and_remo
     wait_until(lambda: {a.serial, gone.serial} <= gw.gateway.reloader.closed, 10, "replaced and removed to close")
     assert b.serial not in gw.gateway.reloader.closed
     assert ask(gw, gw.token, model="default").status_code == 200 and len(second_upstream.calls) == 1
+
+
+def test_a_gateway_started_with_a_config_older_than_the_file_serves_the_file(make_fleet, fake_upstream) -> None:
+    good = routing_toml({"default": {"base_url": fake_upstream.url}}, MODELS)
+    root = make_fleet(good)
+    stale = load_config(root)  # what `coordinator run` holds when it restarts its gateway
+    _write(root, good + "\n[models.cheap]\nmodel = \"claude-haiku-4-5\"\n")
+    gw = start_in_thread(stale, ENV)
+    try:
+        wait_until(lambda: gw.gateway.reloader.current.generation == 2, 10, "the file's configuration")
+        assert "cheap" in gw.gateway.reloader.current.config.models
+    finally:
+        gw.stop()

@@ -29,7 +29,7 @@ class AgentSettings:
         if not self.watch.changed():
             return config
         try:
-            fresh = load_config(config.root)
+            fresh = load_config(config.root, content=self.watch.content)
         except ConfigError as exc:
             self.warn(f"{exc}; fleet.toml refused, keeping the agent settings read before")
             return config

@@ -186,7 +186,7 @@ class Pipeline:
         if call.barrier_key is not None:
             call.warmer = await self.barrier.enter(call.barrier_key)
         for index, hop in enumerate(call.hops):
-            call.hop = hop
+            call.hop, flight.routed = hop, hop.target.alias  # a stream's header names the hop it started on
             try:
                 return await retry_call(lambda n, h=hop: self._attempt(h, flight, call), hop.upstream.policy,
                                         clock=self.clock, rand=self.rand, on_retry=hop.upstream.note_retry)
@@ -231,7 +231,6 @@ class Pipeline:
             # (base.py contract); a second timer here would cost ~5% of a request's CPU.
             response = await upstream.backend.send(request)
             self.metrics.child(self.metrics.latency, upstream.name).observe(self.clock.now() - started)
-            flight.routed = hop.target.alias  # before the first event reaches anyone: the header names it
             if call.stream:
                 reply = await self._pump(flight, call, response)
             else:

@@ -205,16 +205,17 @@ class Proxy:
         flight = Flight(key, stream)
         flight.routed = ask.hops[0].target.alias
         self.flights.add(flight)
-        ask.snapshot.users += 1  # the flight runs on the configuration its request was admitted on
-        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call, ask.snapshot))
+        snapshot = ask.snapshot
+        snapshot.users += 1  # the flight runs on the configuration its request was admitted on
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
+        flight.task.add_done_callback(lambda _: setattr(snapshot, "users", snapshot.users - 1))  # even if never run
         return flight
 
-    async def _fly(self, flight: Flight, call: Call, snapshot: Snapshot) -> None:
+    async def _fly(self, flight: Flight, call: Call) -> None:
         self.metrics.in_flight.inc()
         try:
             await self.pipeline.run(flight, call)
         finally:
-            snapshot.users -= 1
             self.metrics.in_flight.dec()
             self.flights.remove(flight)
             if flight.reply is not None and flight.key is not None and not flight.abandoned:

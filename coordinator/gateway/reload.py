@@ -75,14 +75,17 @@ class Reloader:
     async def reload(self) -> tuple[int, dict[str, Any]]:
         """Read fleet.toml and apply it, or refuse it: (HTTP status, the JSON answer)."""
         async with self._lock:
-            self.watch.mark_read()
             try:
-                config, table = await asyncio.to_thread(self._prepare, self.current.config)
+                content, signature = await asyncio.to_thread(self.watch.read)
+                self.watch.see(content, signature)  # what is parsed now is what the next look compares with
+                if content is None:
+                    raise OSError(f"cannot read {self.watch.path}")
+                config, table = await asyncio.to_thread(self._prepare, self.current.config, content)
                 snapshot = self._build(config, table)
             except ConfigError as exc:
                 return 400, await self._refuse(str(exc))
-            except OSError as exc:  # fleet.toml is a folder, unreadable, gone
-                return 400, await self._refuse(f"{self.current.config.config_path}: cannot read it ({exc.strerror}); "
+            except OSError:  # fleet.toml is a folder, unreadable, gone
+                return 400, await self._refuse(f"{self.current.config.config_path}: cannot read it; "
                                                "make it a readable TOML file")
             old = self.current
             changed = _changed(old.config, config)
@@ -104,9 +107,9 @@ class Reloader:
         return 200, {"reloaded": True, "generation": snapshot.generation, "changed": changed,
                      "restart_needed": restart}
 
-    def _prepare(self, current: FleetConfig) -> tuple[FleetConfig, RoutingTable]:
+    def _prepare(self, current: FleetConfig, content: bytes) -> tuple[FleetConfig, RoutingTable]:
         """Off the loop: parse and check the file, price every alias, import the backends' modules."""
-        config = load_config(current.root).with_state_password(current.state_password)
+        config = load_config(current.root, content=content).with_state_password(current.state_password)
         table = RoutingTable(config)
         for name in config.models:
             table.target(name)  # an alias without a model reads the default one from the SDK: import it here
@@ -173,15 +176,22 @@ class Reloader:
                     await upstream.backend.aclose()
 
     async def watch_forever(self) -> None:
-        """Reload when fleet.toml changes on disk; drain retired snapshots; every ``WATCH_S``."""
+        """Reload when fleet.toml changes on disk; drain retired snapshots; every ``WATCH_S``.
+
+        The first look reloads unconditionally: the configuration this gateway was
+        given may be older than the file (``coordinator run`` restarting its gateway
+        with the config it read at start), and a reload of the same content is a no-op.
+        """
+        changed: Callable[[], bool] = lambda: self.watch.digest is not None  # noqa: E731
         while True:
-            await asyncio.sleep(WATCH_S)
             try:
-                if self.watch.changed():
+                if changed():
                     await self.reload()
                 await self.drain()
             except Exception:  # noqa: BLE001 - the watcher must outlive any one bad turn
                 log.exception("gateway: watching fleet.toml failed; trying again in %.0fs", WATCH_S)
+            changed = self.watch.changed
+            await asyncio.sleep(WATCH_S)
 
     async def close(self) -> None:
         """Close every backend (the gateway is stopping)."""
@@ -199,7 +209,7 @@ def _make_backend(name: str, config: BackendConfig, env: Mapping[str, str]) -> B
 
 
 def _same(a: FleetConfig, b: FleetConfig) -> bool:
-    return a.model_dump() == b.model_dump()
+    return a.model_dump(exclude={"root"}) == b.model_dump(exclude={"root"})
 
 
 def _same_connection(a: BackendConfig, b: BackendConfig) -> bool:
