@@ -87,25 +87,28 @@ class Reloader:
             except OSError:  # fleet.toml is a folder, unreadable, gone
                 return 400, await self._refuse(f"{self.current.config.config_path}: cannot read it; "
                                                "make it a readable TOML file")
-            old = self.current
-            changed = _changed(old.config, config)
             self.refused = None
             if snapshot is None:
-                return 200, {"reloaded": True, "generation": old.generation, "changed": []}
-            self.current = snapshot
-            self.retired.append(old)
-            self.on_apply(config)
-            self.metrics.config_generation.set(snapshot.generation)
-            self.metrics.config_reloads.labels("reloaded").inc()
-            restart = [f"{section}.{key}" for section, key in RESTART_KEYS
-                       if getattr(getattr(old.config, section), key) != getattr(getattr(config, section), key)]
-            log.info("gateway: fleet.toml reloaded (generation %d; changed: %s)", snapshot.generation,
-                     ", ".join(changed) or "nothing")
-            await self._note("config_reloaded", generation=snapshot.generation, changed=changed,
-                             restart_needed=restart)
+                return 200, {"reloaded": True, "generation": self.current.generation, "changed": []}
+            answer = await self._swap(snapshot)
         await self.drain()
-        return 200, {"reloaded": True, "generation": snapshot.generation, "changed": changed,
-                     "restart_needed": restart}
+        return 200, answer
+
+    async def _swap(self, snapshot: Snapshot) -> dict[str, Any]:
+        """Serve ``snapshot`` from the next request on; the old one drains. The answer to the reload."""
+        old, config = self.current, snapshot.config
+        self.current = snapshot
+        self.retired.append(old)
+        self.on_apply(config)
+        self.metrics.config_generation.set(snapshot.generation)
+        self.metrics.config_reloads.labels("reloaded").inc()
+        changed = _changed(old.config, config)
+        restart = [f"{section}.{key}" for section, key in RESTART_KEYS
+                   if getattr(getattr(old.config, section), key) != getattr(getattr(config, section), key)]
+        log.info("gateway: fleet.toml reloaded (generation %d; changed: %s)", snapshot.generation,
+                 ", ".join(changed) or "nothing")
+        await self._note("config_reloaded", generation=snapshot.generation, changed=changed, restart_needed=restart)
+        return {"reloaded": True, "generation": snapshot.generation, "changed": changed, "restart_needed": restart}
 
     def _prepare(self, current: FleetConfig, content: bytes) -> tuple[FleetConfig, RoutingTable]:
         """Off the loop: parse and check the file, price every alias, import the backends' modules."""
