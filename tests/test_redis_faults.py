@@ -78,6 +78,18 @@ def wait_for(check, timeout_s: float = 60.0) -> None:  # noqa: ANN001
     raise AssertionError("timed out waiting")
 
 
+def run_until_ends(root: Path, ledger: Path, *, agents: int, ends: int) -> subprocess.Popen:
+    """`coordinator run --until-empty`, once ``ends`` runs have finished."""
+    run = subprocess.Popen(coordinator_argv("-C", str(root), "run", "-n", str(agents), "--until-empty"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        wait_for(lambda: sum(line[0] == "end" for line in ledger_lines(ledger)) >= ends)
+    except AssertionError:
+        run.kill()
+        raise
+    return run
+
+
 def status_json(root: Path) -> dict:
     result = run_cli(root, "status", "--json")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
@@ -88,10 +100,8 @@ def test_redis_killed_mid_run_agents_wait_status_says_so_and_every_task_complete
         tmp_path: Path, redis: RedisServer) -> None:
     root = tmp_path / "fleet"
     ledger = fleet(root, redis.url, lease_s=8, tasks=30, sleep_s=0.15)
-    run = subprocess.Popen(coordinator_argv("-C", str(root), "run", "-n", "3", "--until-empty"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    run = run_until_ends(root, ledger, agents=3, ends=5)
     try:
-        wait_for(lambda: sum(line[0] == "end" for line in ledger_lines(ledger)) >= 5)
         redis.kill()
         outage = status_json(root)
         assert not outage["healthy"] and outage["store"]["reachable"] is False
@@ -146,10 +156,8 @@ def test_a_host_cut_off_from_redis_stops_its_run_before_another_host_takes_the_t
 def test_a_flushed_redis_halts_the_fleet_with_the_incarnation_error(tmp_path: Path, redis: RedisServer) -> None:
     root = tmp_path / "fleet"
     ledger = fleet(root, redis.url, lease_s=8, tasks=20, sleep_s=0.3)
-    run = subprocess.Popen(coordinator_argv("-C", str(root), "run", "-n", "2", "--until-empty"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    run = run_until_ends(root, ledger, agents=2, ends=2)
     try:
-        wait_for(lambda: sum(line[0] == "end" for line in ledger_lines(ledger)) >= 2)
         redis.flush()
         out, err = run.communicate(timeout=120)
     finally:
