@@ -42,6 +42,7 @@ import aiohttp
 import httpx
 import psutil
 
+from coordinator.clock import poll
 from coordinator.config import load_config
 from coordinator.store import Store, open_store
 
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 API = "/v1/coordinator"
 FLEET = '[backends.default]\nkind = "echo"\n'
 CONCURRENCY = 16
+GATEWAY_START_S = 60.0
 IDLE_TARGET_PCT = 2.0
 PROBE_GAP_S = (0.12, 0.32)  # random spacing of the probes: not a multiple of the tailer's 0.1 s poll
 
@@ -69,15 +71,15 @@ def start_gateway(root: Path) -> tuple[subprocess.Popen, dict[str, Any]]:
     log = open(root / "gateway.log", "wb")  # noqa: SIM115  (the process holds it; closed at exit)
     proc = subprocess.Popen([sys.executable, "-m", "coordinator", "-C", str(root), "gateway"], stdout=log,
                             stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
+    for _ in poll(0.02, timeout_s=GATEWAY_START_S):
+        if proc.poll() is not None:
+            break
         try:
             info = json.loads(state.read_text())
-            if info["pid"] == proc.pid:
-                return proc, info
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.02)
+        except (OSError, ValueError):
+            continue
+        if info.get("pid") == proc.pid:
+            return proc, info
     proc.kill()
     raise RuntimeError(f"the gateway did not start: {(root / 'gateway.log').read_text()[-500:]}")
 
