@@ -17,7 +17,8 @@ clients live in this one asyncio process. In order, on one gateway:
 * enqueueing: ``coordinator add`` run ``--cli-tasks`` times one after another and
   ``--cli-tasks`` times 16 at once (the baseline, measured first so the API meets
   the larger queue), then ``POST /v1/coordinator/tasks`` of ``--tasks`` unique
-  tasks at concurrency 16 (httpx); tasks per second and the ratios.
+  tasks at concurrency 16 (httpx); tasks per second, for the API also by quarter
+  of the run (a request's cost grows with the queue), and the ratios.
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ async def _probe(store: Store, streams: Streams, probe: str, clients: int) -> fl
 
 
 async def api_enqueue(info: dict[str, Any], n: int, concurrency: int) -> dict[str, Any]:
-    """``n`` unique ``POST /tasks`` at ``concurrency``; tasks per second."""
+    """``n`` unique ``POST /tasks`` at ``concurrency``: tasks per second, overall and by quarter of the run."""
     bodies = iter([{"id": f"api-{i}", "prompt": f"api task {i}"} for i in range(n)])
+    finished: list[float] = []
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=info["url"], headers={"authorization": f"Bearer {info['token']}"},
                                  limits=limits, timeout=120) as client:
@@ -197,8 +199,14 @@ async def api_enqueue(info: dict[str, Any], n: int, concurrency: int) -> dict[st
                 response = await client.post(f"{API}/tasks", json=body)
                 if response.status_code != 202:
                     raise RuntimeError(f"POST /tasks: {response.status_code} {response.text[:200]}")
-        elapsed = await _timed(lambda: asyncio.gather(*[worker() for _ in range(concurrency)]))
-    return {"tasks": n, "concurrency": concurrency, "seconds": round(elapsed, 3), "tasks_per_s": round(n / elapsed, 1)}
+                finished.append(time.perf_counter())
+        started = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+    marks = [started] + [finished[min(n - 1, (k + 1) * n // 4 - 1)] for k in range(4)]
+    quarters = [round((n // 4) / (end - begin), 1) for begin, end in zip(marks, marks[1:])]
+    elapsed = finished[-1] - started
+    return {"tasks": n, "concurrency": concurrency, "seconds": round(elapsed, 3),
+            "tasks_per_s": round(n / elapsed, 1), "tasks_per_s_by_quarter": quarters}
 
 
 async def cli_add(root: Path, ids: list[str], concurrency: int) -> dict[str, Any]:
@@ -229,7 +237,7 @@ async def measure_enqueue(root: Path, info: dict[str, Any], tasks: int, cli_task
     python_s = await _timed(python_startup)
     sequential = await cli_add(root, [f"cli-seq-{i}" for i in range(cli_tasks)], 1)
     concurrent = await cli_add(root, [f"cli-c16-{i}" for i in range(cli_tasks)], CONCURRENCY)
-    api = await api_enqueue(info, tasks, CONCURRENCY)
+    api = {"queue_before": 2 * cli_tasks, **await api_enqueue(info, tasks, CONCURRENCY)}
     return {"api_c16": api, "cli_sequential": sequential, "cli_c16": concurrent,
             "python_startup_s": round(python_s, 3),
             "api_c16_vs_cli_sequential": round(api["tasks_per_s"] / sequential["tasks_per_s"], 1),
@@ -261,7 +269,7 @@ def raise_fd_limit(needed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=2000, help="tasks enqueued through the API")
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks enqueued through the API")
     parser.add_argument("--cli-tasks", type=int, default=48, help="`coordinator add` calls, each way")
     parser.add_argument("--clients", type=int, default=200, help="concurrent SSE clients")
     parser.add_argument("--probes", type=int, default=100, help="events timed at each client count")
