@@ -96,10 +96,10 @@ class Streams:
         self.tasks: list[asyncio.Task[None]] = []
         self.opened = 0
 
-    async def open(self, n: int) -> None:
+    async def open(self, n: int, timeout_s: float = 60) -> None:
+        """Connect ``n`` more clients; returns once the server has answered each of them."""
         self.tasks += [asyncio.create_task(self._read()) for _ in range(n)]
-        while self.opened < len(self.tasks):
-            await asyncio.sleep(0.01)
+        await self._until(lambda: self.opened == len(self.tasks), timeout_s, f"{n} streams did not open")
 
     async def _read(self) -> None:
         async with self.session.get(self.url) as response:
@@ -112,10 +112,19 @@ class Streams:
                     self.arrivals[json.loads(line[6:])["probe"]].append(seen)
 
     async def wait_for(self, probe: str, clients: int, timeout_s: float = 30) -> None:
+        """Until ``clients`` clients have seen ``probe``."""
+        await self._until(lambda: len(self.arrivals[probe]) >= clients, timeout_s,
+                          f"probe {probe}: not every one of {clients} clients saw it")
+
+    async def _until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
-        while len(self.arrivals[probe]) < clients:
+        while not done():
+            ended = next((task for task in self.tasks if task.done()), None)
+            if ended is not None:
+                ended.result()  # a client's error, raised here
+                raise RuntimeError(f"a stream ended early; {what}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"probe {probe}: {len(self.arrivals[probe])} of {clients} clients saw it")
+                raise RuntimeError(f"timed out: {what}")
             await asyncio.sleep(0.01)
 
     async def close(self) -> None:

@@ -242,8 +242,10 @@ class Monitor(Counting):
 
     def stop(self) -> dict[str, dict[str, int]]:
         self.server.client.echo(MONITOR_END)  # everything before it has been counted once it comes back
-        self.ended.wait(60)
+        ended = self.ended.wait(60)
         self.sock.close()
+        if not ended:
+            raise RuntimeError("MONITOR fell more than 60 s behind the server; its counts would be partial")
         return {"clients_sent": dict(self.sent.most_common()), "scripts_ran": dict(self.scripted.most_common())}
 
 
