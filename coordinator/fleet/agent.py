@@ -136,7 +136,7 @@ class Agent:
         self.book.pulse()
         self._maybe_reap()
         self.view.catch_up()
-        if self.store.is_paused():
+        if self.view.paused:  # from the feed just read: no extra round trip per claim
             return None  # running tasks finish; nothing new starts until `coordinator resume`
         while (task := self.view.pop_ready()) is not None:
             claim = self.book.claim(task, self.holder)

@@ -52,6 +52,7 @@ class QueueView:
         self.retry_at: dict[str, float] = {}  # tasks backing off after a failed attempt
         self.backoff: list[tuple[float, str]] = []  # the same, by when they may run
         self.cursor = 0
+        self.paused = False  # the fleet is paused: kept from the feed's paused/resumed events, no round trip
         self._scanned_at = float("-inf")
         self._store_time, self._store_time_at = 0.0, float("-inf")
 
@@ -60,6 +61,7 @@ class QueueView:
         # Take the feed's end before reading records: a change made in between is
         # then both in the records and replayed from the feed, which is harmless.
         self.cursor = self.store.event_cursor()
+        self.paused = self.store.is_paused()
         self.taskset = self.files.refresh()
         save_index(self.config, self.index)
         self._scanned_at = self.clock.now()
@@ -90,6 +92,8 @@ class QueueView:
         """Apply events written since the last call (under the lock: O(new events))."""
         events, self.cursor = self.store.read_events(self.cursor)
         for event in events:
+            if event.get("event") in ("paused", "resumed"):
+                self.paused = event["event"] == "paused"
             task_id, state = event.get("task"), event.get("state")
             if not task_id or state not in STATE_NAMES:
                 continue  # a note (fenced, agent_started, ...) changes no task's state
