@@ -84,7 +84,8 @@ class Prepared:
 _WRITING = threading.Lock()  # one server thread at a time checks and writes (the API's handlers share it)
 
 
-def prepare_tables(config: FleetConfig, tables: list[Any], *, batch: bool = False) -> list[Prepared]:
+def prepare_tables(config: FleetConfig, tables: list[Any], *, batch: bool = False,
+                   taskset: TaskSet | None = None) -> list[Prepared]:
     """Validate task-file tables (the HTTP API's ``POST /tasks``) exactly as task files are validated.
 
     Each table becomes the text of ``tasks/<id>.toml`` and is parsed by the task-file
@@ -95,7 +96,8 @@ def prepare_tables(config: FleetConfig, tables: list[Any], *, batch: bool = Fals
     """
     import tomli_w  # noqa: PLC0415  (only adding writes TOML)
 
-    parser, taskset, out = TaskFileParser(config), load_cached(config), []
+    parser, out = TaskFileParser(config), []
+    taskset = taskset if taskset is not None else load_cached(config)  # a server passes the one it keeps
     for index, table in enumerate(tables):
         try:
             task, path, text = _parse_table(config, parser, tomli_w, table)

@@ -82,6 +82,10 @@ class QueueView:
         """Pick up added, edited and removed task files every RESCAN_EVERY_S (call outside the lock)."""
         if self.clock.now() - self._scanned_at < RESCAN_EVERY_S:
             return
+        self.rescan()
+
+    def rescan(self) -> None:
+        """Pick up added, edited and removed task files now."""
         before = set(self.taskset.tasks)
         self.taskset = self.files.refresh()
         self._scanned_at = self.clock.now()
@@ -129,6 +133,15 @@ class QueueView:
         return any(self.states.get(task_id) == State.FAILED or
                    (self.states.get(task_id, State.PENDING) == State.PENDING and self.blocked_reason(task_id))
                    for task_id in self.taskset.tasks)
+
+    def pending_in_order(self) -> list[str]:
+        """Pending tasks that can run some day (not blocked), in the order they would be claimed."""
+        return [task_id for task_id in self.taskset.tasks
+                if self.states.get(task_id, State.PENDING) == State.PENDING and not self.blocked_reason(task_id)]
+
+    def waiting(self) -> int:
+        """Pending or blocked: what ``[fleet] max_pending`` counts."""
+        return sum(self.states.get(task_id, State.PENDING) == State.PENDING for task_id in self.taskset.tasks)
 
     def blocked_reason(self, task_id: str) -> str | None:
         """Why a pending task can never run (unknown, invalid or failed dependency), if so."""

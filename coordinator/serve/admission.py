@@ -6,7 +6,10 @@ tasks meet the limits: 429 ``queue_full`` when ``[fleet] max_pending`` tasks are
 waiting (pending or blocked; 0 = no limit), 429 ``budget_exhausted`` when the fleet
 has spent ``[fleet] max_usd`` (the gateway's ledger decides, as for inference).
 Checking and writing hold ``queue.ops.writing_lock``, so concurrent requests to
-one server cannot both squeeze past ``max_pending``.
+one server cannot both squeeze past ``max_pending``. The server keeps one
+``QueueView`` for it, brought up to date by a folder scan and the event feed
+since the last submission, instead of reading every record per request (which
+made a POST cost O(records): docs/performance.md, "Control plane").
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from aiohttp import web
 
 from ..config import FleetConfig
 from ..queue import ops
-from ..report.rows import FleetSnapshot, snapshot
+from ..queue.view import QueueView
+from ..store import open_store
+from ..tasks import State
 from .access import error
 
 QUEUE_FULL_RETRY_S = 5
@@ -40,27 +45,42 @@ class Admission:
     def __init__(self, config: FleetConfig, check_budget: Callable[[], None]) -> None:
         self.config = config
         self.check_budget = check_budget  # raises BudgetError when the fleet's budget is spent
+        self.view: QueueView | None = None  # made on the first submission, kept current after
 
     def submit(self, tables: list[Any], batch: bool) -> Outcome:
         """Validate and write ``tables`` (ConfigError 400, TaskError 409, BudgetError 429); runs on a thread."""
         with ops.writing_lock():
-            prepared = ops.prepare_tables(self.config, tables, batch=batch)
+            view = self._current_view()
+            prepared = ops.prepare_tables(self.config, tables, batch=batch, taskset=view.taskset)
             new = sum(item.is_new for item in prepared)
             if new:
-                refusal = self._refusal(new)
+                refusal = self._refusal(view, new)
                 if refusal is not None:
                     return Outcome(refusal=refusal)
             created = ops.write_prepared(self.config, prepared)
-        snap = snapshot(self.config)
-        return Outcome(accepted=[accepted_row(snap, item.task_id) for item in prepared], created=created)
+            view.rescan()
+            view.catch_up()
+            pending = {task_id: n for n, task_id in enumerate(view.pending_in_order(), start=1)}
+            accepted = [accepted_row(item.task_id, view.states.get(item.task_id, State.PENDING), pending)
+                        for item in prepared]
+        return Outcome(accepted=accepted, created=created)
 
-    def _refusal(self, new: int) -> web.Response | None:
+    def _current_view(self) -> QueueView:
+        """The queue as of now: built once, then moved along by a folder scan and the event feed."""
+        if self.view is None:
+            self.view = QueueView(self.config, open_store(self.config))
+            self.view.resync(build_heap=False)
+        else:
+            self.view.rescan()
+            self.view.catch_up()
+        return self.view
+
+    def _refusal(self, view: QueueView, new: int) -> web.Response | None:
         self.check_budget()
         limit = self.config.fleet.max_pending
         if not limit:
             return None
-        counts = snapshot(self.config).counts()
-        waiting = counts["pending"] + counts["blocked"]
+        waiting = view.waiting()
         if waiting + new <= limit:
             return None
         return error(429, "queue_full", f"{waiting} tasks are waiting and [fleet] max_pending is {limit}; retry "
@@ -69,11 +89,9 @@ class Admission:
                      policy={"max_pending": limit, "waiting": waiting})
 
 
-def accepted_row(snap: FleetSnapshot, task_id: str) -> dict[str, Any]:
-    """``{"task_id", "state", "queue_position", "links"}`` of a task in ``snap``."""
-    pending = [row.id for row in snap.rows if row.state == "pending"]
-    row = next((r for r in snap.rows if r.id == task_id), None)
+def accepted_row(task_id: str, state: State, pending: dict[str, int]) -> dict[str, Any]:
+    """``{"task_id", "state", "queue_position", "links"}``; ``pending`` numbers the claimable queue from 1."""
     base = f"/v1/coordinator/tasks/{task_id}"
-    return {"task_id": task_id, "state": row.state if row else "pending",
-            "queue_position": pending.index(task_id) + 1 if task_id in pending else None,
+    shown = "blocked" if state == State.PENDING and task_id not in pending else str(state)
+    return {"task_id": task_id, "state": shown, "queue_position": pending.get(task_id),
             "links": {"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel", "retry": f"{base}/retry"}}
