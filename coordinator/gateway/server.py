@@ -44,6 +44,7 @@ from .logthrottle import LogGuard, install
 from .metrics import BREAKER_VALUES, GatewayMetrics
 from .pipeline import Pipeline, Upstream
 from .proxy import Proxy, Router
+from .shared import attach_shared
 from .tokens import new_fleet_token
 
 log = logging.getLogger("coordinator.gateway")
@@ -84,6 +85,7 @@ class Gateway:
         self._unguard_logs: Callable[[], None] | None = None
         self.api: TaskApi | None = None  # the task API (serve/), once app() has built the routes
         self.started_at = 0
+        self.shared = attach_shared(self)  # None unless [fleet] state is Redis (gateway/shared/)
 
     @property
     def state_path(self) -> Path:
@@ -116,6 +118,8 @@ class Gateway:
     async def start(self) -> None:
         """Load saved totals, bind 127.0.0.1, serve, and write gateway.json."""
         self._load_stats()
+        if self.shared is not None:
+            await self.shared.start()
         self._unguard_logs = install(self.log_guard)
         self.started_at = int(self.clock.wall())
         settings = self.config.gateway
@@ -147,6 +151,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.shared is not None:
+            await self.shared.stop()
         self.save_stats(force=True)
         for upstream in self.upstreams.values():
             await upstream.backend.aclose()
@@ -171,6 +177,8 @@ class Gateway:
             row = data["backends"].setdefault(name, dict(empty_stats()))
             row.update(breaker=upstream.breaker.state, in_flight=upstream.limiter.active,
                        queued=upstream.limiter.waiting)
+        if self.shared is not None:
+            data["shared"] = self.shared.stats()
         return data
 
     def save_stats(self, *, force: bool = False) -> None:

@@ -38,8 +38,7 @@ def store_outage(config: FleetConfig, exc: StoreUnavailableError) -> dict[str, A
     """What can be said while the state store cannot be reached: that, and the gateway."""
     problems = [f"the state store at {exc.url} is unreachable; agents are waiting for it and resume when it answers"]
     gateway = gateway_status(config)
-    if gateway.get("unreachable"):
-        problems.append("gateway unreachable")
+    problems += gateway_problems(gateway)
     return {"tasks": {}, "agents": [], "gateway": gateway, "stale_claims": [], "invalid_files": [],
             "healthy": False, "problems": problems, "paused": False,
             "store": {"url": exc.url, "reachable": False, "error": str(exc)}}
@@ -65,8 +64,7 @@ def fleet_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
         problems.append(f"dead agent(s) holding claims: {', '.join(dead_holding)}")
     if invalid:
         problems.append(f"{len(invalid)} invalid task file(s)")
-    if gateway.get("unreachable"):
-        problems.append("gateway unreachable")
+    problems += gateway_problems(gateway)
     report = {"tasks": snap.counts(), "agents": agents, "gateway": gateway, "stale_claims": stale,
               "invalid_files": invalid, "healthy": not problems, "problems": problems, "paused": store.is_paused()}
     if config.workspace.mode == "worktree":
@@ -109,4 +107,16 @@ def gateway_status(config: FleetConfig) -> dict[str, Any]:
     for key in STAT_KEYS:
         value = stats.get(key, 0)
         out[key] = round(float(value), 6) if key.startswith("usd") else int(value or 0)
+    if out["running"] and isinstance(stats.get("shared"), dict):  # a fleet on Redis (gateway/shared/)
+        out["shared"] = stats["shared"]
     return out
+
+
+def gateway_problems(gateway: dict[str, Any]) -> list[str]:
+    """What is wrong with the gateway, for the report's problems."""
+    if gateway.get("unreachable"):
+        return ["gateway unreachable"]
+    if (gateway.get("shared") or {}).get("degraded"):
+        return [f"gateway degraded: the shared state at {gateway['shared'].get('state')} is unreachable, so this "
+                "host's gateway dedups, caches, limits and budgets on its own until it answers"]
+    return []
