@@ -1,6 +1,7 @@
 """Benchmark the gateway against a fast fake upstream, direct and through the gateway, in one run.
 
     python scripts/bench_gateway.py [--quick] [--requests N] [--rss-requests N]
+    python scripts/bench_gateway.py --hosts 2 [--samples N]   (two gateways on one Redis: bench_hosts.py)
 
 Three processes: a minimal fake OpenAI upstream (aiohttp, one fixed answer, so it
 costs little), the gateway (``coordinator.gateway.serve_forever``, as
@@ -305,7 +306,16 @@ def main() -> None:
                              "constant: one fixed answer without reading the request")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per throughput figure")
     parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
+    parser.add_argument("--hosts", type=int, choices=(1, 2), default=1,
+                        help="2: cross-host join latency of two gateways sharing one Redis (bench_hosts.py)")
+    parser.add_argument("--samples", type=int, default=300, help="--hosts 2: joins measured")
+    parser.add_argument("--hold-ms", type=int, default=60, help="--hosts 2: the upstream's delay to first event")
     args = parser.parse_args()
+    if args.hosts == 2:
+        from bench_hosts import run_hosts  # noqa: PLC0415  (beside this script)
+
+        print(json.dumps(run_hosts(args.samples, args.hold_ms), indent=1))
+        return
     if args.quick:
         args.requests, args.rss_requests, args.rounds = 2_000, 5_000, 1
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -59,6 +59,7 @@ class RedisLink:
         self._sync_args = {"url": url, "password": password}
         self._scripts: dict[str, Any] = {}
         self._watcher: asyncio.Task | None = None
+        self._answered = False  # it has been up once (the first time is no recovery)
 
     def key(self, *parts: str) -> str:
         """A gateway key of this fleet: ``coordinator:{fleet:<name>}:gw:<parts joined by :>``."""
@@ -133,8 +134,11 @@ class RedisLink:
     def _mark(self, up: bool, exc: BaseException | None = None) -> None:
         if up == self.up:
             return
+        first, self._answered = not self._answered, True
         self.up, self.since = up, self.clock.wall()
-        if up:
+        if up and first:
+            log.info("gateway: sharing dedup, cache, limits and budgets with other hosts through %s", self.url)
+        elif up:
             log.warning("gateway: shared state at %s answers again; dedup, cache, limits and budgets are shared",
                         self.url)
         else:
