@@ -52,12 +52,24 @@ async def chat(request):
     calls["n"] += 1
     if b"bench_delay_ms" in raw:  # lets the coalescing run keep its one call in flight
         await asyncio.sleep(json.loads(raw)["bench_delay_ms"] / 1000)
+    if b'"stream"' in raw and json.loads(raw).get("stream"):  # bench_hosts.py: an event every 2 ms
+        return await stream(request, json.loads(raw))
     if not SYNTHETIC:
         return web.Response(body=BODY, content_type="application/json")
     # What any server must do: parse the request and answer it (the echo backend's code).
     answer = synthesize("openai", request.path, json.loads(raw), False, message_id=f"chatcmpl-{next(ids)}",
                         cache=cache)
     return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+
+async def stream(request, body):
+    answer = synthesize("openai", request.path, body, True, message_id=f"chatcmpl-{next(ids)}", cache=cache)
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    for event, _ in answer.events:
+        await response.write(event)
+        await asyncio.sleep(0.002)
+    await response.write_eof()
+    return response
 
 async def count(request):
     return web.json_response(calls)

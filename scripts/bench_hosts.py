@@ -1,8 +1,8 @@
 """``bench_gateway.py --hosts 2``: how soon a client on another host's gateway gets a stream another host leads.
 
-Processes: a redis-server (AOF on, a free port), a fake OpenAI upstream that streams
-(it holds each call ``--hold-ms`` before its first event, then sends an event every
-2 ms), and two gateways ("host-a", "host-b": two fleet roots whose ``[fleet] state``
+Processes: a redis-server (AOF on, a free port), ``bench_gateway.py``'s fake OpenAI
+upstream (each request asks it to hold the call ``--hold-ms`` before its first event;
+it then streams an event every 2 ms), and two gateways ("host-a", "host-b": two fleet roots whose ``[fleet] state``
 is that Redis under one ``state_name``). Each sample sends one streaming request to
 host-a (the leader), then, while the upstream still holds it, the same request to
 host-b (a cross-host follower: it replays the leader's Redis stream) and to host-a
@@ -24,59 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_gateway import GATEWAY_CODE, start_upstream, upstream_calls
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-STREAM_UPSTREAM = r'''
-import asyncio, itertools, json, sys
-from aiohttp import web
-from coordinator.backends.prompt_cache import PromptCache
-from coordinator.backends.synthetic import synthesize
-HOLD_S = int(sys.argv[2]) / 1000
-cache, ids, calls = PromptCache(), itertools.count(1), {"n": 0}
-
-async def chat(request):
-    body = json.loads(await request.read())
-    calls["n"] += 1
-    answer = synthesize("openai", request.path, body, bool(body.get("stream")), message_id=f"chatcmpl-{next(ids)}",
-                        cache=cache)
-    await asyncio.sleep(HOLD_S)  # every follower is waiting when the first event comes
-    if answer.body is not None:
-        return web.Response(body=answer.body, content_type="application/json")
-    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-    await response.prepare(request)
-    for event, _ in answer.events:
-        await response.write(event)
-        await asyncio.sleep(0.002)
-    await response.write_eof()
-    return response
-
-async def count(request):
-    return web.json_response(calls)
-
-async def main():
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/calls", count)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    with open(sys.argv[1], "w") as f:
-        f.write(str(site._server.sockets[0].getsockname()[1]))
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-'''
-
-GATEWAY = r'''
-import logging, sys
-from coordinator.config import load_config
-from coordinator.gateway.server import serve_forever
-logging.basicConfig(level=logging.WARNING)
-serve_forever(load_config(sys.argv[1]), {})
-'''
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -112,14 +63,6 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def start_upstream(tmp: Path, hold_ms: int) -> tuple[subprocess.Popen, str]:
-    portfile = tmp / "upstream.port"
-    proc = subprocess.Popen([PYTHON, "-c", STREAM_UPSTREAM, str(portfile), str(hold_ms)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_for(lambda: portfile.exists() and portfile.read_text(), "the upstream serving")
-    return proc, f"http://127.0.0.1:{portfile.read_text()}"
-
-
 def start_gateway(tmp: Path, host: str, upstream_url: str, redis_url: str) -> tuple[subprocess.Popen, dict]:
     root = tmp / host
     root.mkdir()
@@ -127,7 +70,7 @@ def start_gateway(tmp: Path, host: str, upstream_url: str, redis_url: str) -> tu
         f'[fleet]\nstate = "{redis_url}"\nstate_name = "bench"\n\n[gateway]\nmax_queue = 4096\n\n'
         f'[backends.default]\nkind = "openai"\nbase_url = "{upstream_url}/v1"\napi_key_env = ""\n\n'
         f'[models]\ndefault = {{ backend = "default", model = "gpt-4o-mini" }}\n')
-    proc = subprocess.Popen([PYTHON, "-c", GATEWAY, str(root)],
+    proc = subprocess.Popen([PYTHON, "-c", GATEWAY_CODE, str(root)],
                             env={**os.environ, "PYTHONPATH": str(ROOT), "COORDINATOR_HOST": host})
     state = root / ".coordinator" / "gateway.json"
     wait_for(lambda: state.exists() and json.loads(state.read_text() or "{}").get("pid") == proc.pid,
@@ -151,21 +94,12 @@ async def first_byte_at(info: dict, body: bytes) -> float:
     return at
 
 
-async def upstream_calls(url: str) -> int:
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET /calls HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])["n"]
-
-
-async def sample(a: dict, b: dict, i: int, join_after_s: float) -> tuple[float, float]:
+async def sample(a: dict, b: dict, i: int, hold_ms: int) -> tuple[float, float]:
     """(cross-host, same-host) first byte minus the leader's, in seconds."""
-    body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "bench_delay_ms": hold_ms,
                        "messages": [{"role": "user", "content": f"sample {i}: stream me something"}]}).encode()
     leader = asyncio.create_task(first_byte_at(a, body))
-    await asyncio.sleep(join_after_s)  # the leader's call is at the upstream, held
+    await asyncio.sleep(hold_ms / 3000)  # the leader's call is at the upstream, held
     cross, same = await asyncio.gather(first_byte_at(b, body), first_byte_at(a, body))
     lead = await leader
     return cross - lead, same - lead
@@ -179,11 +113,11 @@ def pcts(values: list[float]) -> dict[str, float]:
 
 async def measure(a: dict, b: dict, upstream_url: str, samples: int, hold_ms: int) -> dict:
     for i in range(10):  # warm-up: connections, script loads
-        await sample(a, b, -1 - i, hold_ms / 3000)
+        await sample(a, b, -1 - i, hold_ms)
     before = await upstream_calls(upstream_url)
     cross, same = [], []
     for i in range(samples):
-        x, s = await sample(a, b, i, hold_ms / 3000)
+        x, s = await sample(a, b, i, hold_ms)
         cross.append(x)
         same.append(s)
     calls = await upstream_calls(upstream_url) - before
@@ -201,7 +135,7 @@ def run_hosts(samples: int, hold_ms: int) -> dict:
         try:
             redis_proc, redis_url = start_redis(tmp)
             procs.append(redis_proc)
-            upstream, upstream_url = start_upstream(tmp, hold_ms)
+            upstream, upstream_url = start_upstream(tmp)
             procs.append(upstream)
             infos = []
             for host in ("host-a", "host-b"):

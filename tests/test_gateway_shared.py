@@ -77,24 +77,23 @@ def test_100_identical_streaming_requests_on_two_gateways_get_the_same_bytes(two
     assert _shared_totals(gws)["dedup_joined"] == N - 1
 
 
-def _cached_keys(server: RedisServer) -> list[str]:
-    return server.client().keys("coordinator:{fleet:shared}:gw:cache:*")
+def _answered_then_asked(server: RedisServer, first: tuple, *repeats: tuple) -> list[tuple[int, str, bytes]]:
+    """Send ``first`` (gateway, body, token), wait for its reply in the shared cache, then each repeat in turn."""
+    async def main() -> list:
+        async with httpx.AsyncClient(timeout=30) as client:
+            results = [await _post(client, *first)]
+            await await_until(lambda: len(server.client().keys("coordinator:{fleet:shared}:gw:cache:*")) == 1, 10,
+                              "the reply in the shared cache")
+            return results + [await _post(client, *repeat) for repeat in repeats]
+
+    return asyncio.run(main())
 
 
 def test_a_repeat_on_the_other_host_is_served_from_the_shared_cache(two_gateways, fake_upstream,
                                                                    redis_server) -> None:
     a, b = two_gateways()
     body = {"model": MODEL, "max_tokens": 64, "messages": user(PROMPT)}
-
-    async def main() -> list:
-        async with httpx.AsyncClient(timeout=30) as client:
-            first = await _post(client, a, body)
-            await await_until(lambda: len(_cached_keys(redis_server)) == 1, 10, "the reply in the shared cache")
-            streamed = await _post(client, b, {**body, "stream": True})
-            again = await _post(client, b, body)
-            return [first, streamed, again]
-
-    first, streamed, again = asyncio.run(main())
+    first, streamed, again = _answered_then_asked(redis_server, (a, body), (b, {**body, "stream": True}), (b, body))
     assert len(fake_upstream.calls) == 1
     assert again[2] == first[2] and streamed[0] == 200 and b"message_stop" in streamed[2]
     assert (streamed[1], again[1]) == ("miss", "hit")  # the shared cache answered the flight; then b's own cache
@@ -106,14 +105,8 @@ def test_a_retried_attempt_is_not_served_the_other_hosts_cached_answer(two_gatew
                                                                        redis_server) -> None:
     a, b = two_gateways()
     body = {"model": MODEL, "max_tokens": 64, "messages": user(PROMPT)}
-
-    async def main() -> None:
-        async with httpx.AsyncClient(timeout=30) as client:
-            await _post(client, a, body, task_token(a.token, "t"))
-            await await_until(lambda: len(_cached_keys(redis_server)) == 1, 10, "the reply in the shared cache")
-            await _post(client, b, body, task_token(b.token, "t", attempt=2))
-
-    asyncio.run(main())
+    _answered_then_asked(redis_server, (a, body, task_token(a.token, "t")),
+                         (b, body, task_token(b.token, "t", attempt=2)))
     assert len(fake_upstream.calls) == 2
 
 

@@ -2,8 +2,8 @@
 
 Admission stays local and synchronous (``budgets.Budgets.reserve``: this gateway's own
 spend and holds, so a gateway cut off from Redis still enforces what it knows). What
-makes a task's ``max_usd`` hold across hosts is one more step when a flight is about
-to lead a call: ``hold`` runs ``lua/hold.lua``, which applies ``budgets.check_budget``'s
+makes a task's ``max_usd`` hold across hosts is one more step before a flight asks
+who answers it (``flights``): ``hold`` runs ``lua/hold.lua``, which applies ``budgets.check_budget``'s
 rule to the fleet-wide spend plus everything reserved on any gateway, and reserves the
 call's estimate in the same script; ``settle`` drops the hold and adds what the call
 really cost. Concurrency across hosts can then overshoot by one estimate, as on one.
@@ -63,12 +63,13 @@ class SharedBudgets(Budgets):
         return SharedReservation(self, local.task, local.estimate, claims=claims)
 
     async def hold(self, reservation: Reservation) -> Hold | None:
-        """Reserve a leading call's estimate fleet-wide; BudgetError when it does not fit; None when not shared."""
+        """Reserve a flight's estimate fleet-wide; BudgetError when it does not fit; None when nothing to hold."""
         claims = claims_of(reservation)
         fleet_max = self.ledger.config.fleet.max_usd
-        if claims is None:
-            return None
-        task = claims.task_id
+        task = None if claims is None else claims.task_id
+        limited_task = task is not None and (claims.max_usd is not None or claims.max_tokens is not None)
+        if claims is None or (fleet_max <= 0 and not limited_task):
+            return None  # no budget applies: no round trip
         keys = [self.link.key("budget", "fleet")] + ([self.link.key("budget", "task", task)] if task else [])
         estimate = reservation.estimate
         args = [_decimal(estimate.usd), str(estimate.tokens), _decimal(fleet_max), str(claims.generation),

@@ -24,8 +24,9 @@ lease plus one block. A flight whose clients do not stream buffers the remote ev
 instead of pushing them, so it can always take over.
 
 Redis down: the pipeline alone (local dedup), and ``budgets``, ``limits``, ``cache``
-likewise fall back. The leader's budget is held fleet-wide before it leads
-(``budgets.SharedBudgets.hold``).
+likewise fall back. A flight holds its budget fleet-wide before it asks who answers
+(``budgets.SharedBudgets.hold``), and settles when it ends (what it cost: nothing
+unless this host made the call).
 """
 
 from __future__ import annotations
