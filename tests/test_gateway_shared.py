@@ -143,7 +143,9 @@ def test_a_tasks_max_usd_holds_across_both_gateways(two_gateways, fake_upstream,
     assert statuses.count(402) == 40 - statuses.count(200) and len(fake_upstream.calls) == statuses.count(200)
     spent = sum(gw.gateway.stats()["tasks"]["t"]["usd"] for gw in gws)
     assert spent <= limit + one
-    shared = lambda: redis_server.client().hgetall("coordinator:{fleet:shared}:gw:budget:task:t")  # noqa: E731
+    def shared() -> dict[str, str]:
+        return redis_server.client().hgetall("coordinator:{fleet:shared}:gw:budget:task:t")
+
     wait_until(lambda: float(shared()["rusd"]) < 1e-9, 10, "every hold settled")
     assert abs(float(shared()["usd"]) - spent) < 1e-9  # what both gateways billed, counted once
 

@@ -124,7 +124,9 @@ def test_with_redis_stopped_a_gateway_dedups_alone_says_so_and_shares_again_when
     root = make_fleet(shared_fleet_toml(fake_upstream.url, server.url, "fallback"), name="host-a")
     gw = start_in_thread(load_config(root), ENV)
     try:
-        shared = lambda: gw.call(gw.gateway.stats)["shared"]  # noqa: E731
+        def shared() -> dict:
+            return gw.call(gw.gateway.stats)["shared"]
+
         assert shared()["up"] is True and _gauge(gw) == 1
         server.kill()
         wait_until(lambda: not shared()["up"], 10, "the gateway to notice Redis is gone")

@@ -95,7 +95,8 @@ def unpack_error(blob: bytes) -> Exception:
         return RetryableError(message, status=fields["status"], retry_after_s=fields["retry_after_s"])
     if kind == "fatal":
         body = fields.get("body")
-        return FatalBackendError(message, status=fields["status"], body=None if body is None else body.encode("latin-1"))
+        return FatalBackendError(message, status=fields["status"],
+                                 body=None if body is None else body.encode("latin-1"))
     if kind == "budget":
         return BudgetError(message, scope=fields["scope"], limit=fields["limit"])
     if kind == "broken":
