@@ -150,6 +150,13 @@ def test_a_tasks_max_usd_holds_across_both_gateways(two_gateways, fake_upstream,
     assert abs(float(shared()["usd"]) - spent) < 1e-9  # what both gateways billed, counted once
 
 
+def test_the_fleets_max_usd_holds_across_both_gateways(two_gateways, fake_upstream) -> None:
+    gws = two_gateways(fleet={"max_usd": 0.002})
+    one = _estimate_usd({"model": MODEL, "max_tokens": 16, "messages": user("question 00")})
+    statuses = _flood(gws, fake_upstream, [gw.token for gw in gws], 40)  # fleet tokens: the fleet's budget only
+    assert 1 <= statuses.count(200) <= int(0.002 / one) and statuses.count(402) == 40 - statuses.count(200)
+
+
 def test_an_rpm_limit_holds_across_both_gateways(two_gateways, fake_upstream) -> None:
     gws = two_gateways(anthropic={"rpm": 60})  # one call a second, a burst of one, for the fleet
     seen: list[float] = []
