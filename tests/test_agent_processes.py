@@ -57,6 +57,7 @@ def test_kill_9_mid_task_is_reclaimed_at_once_and_finished(make_fleet) -> None:
     victim = start_agent(root, "victim")
     try:
         wait_for(lambda: (c := claim_json(root, "t0000")) and c.get("child_pid"), what="runner pid in claim")
+        wait_for(lambda: read_ledger(ledger), what="the runner past its gate")  # its pid is written first
         child_pid = claim_json(root, "t0000")["child_pid"]
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
@@ -81,6 +82,7 @@ def test_sigstop_past_lease_is_fenced_after_sigcont(make_fleet) -> None:
     sleeper = start_agent(root, "sleeper")
     try:
         wait_for(lambda: (c := claim_json(root, "t0000")) and c.get("child_pid"), what="runner started")
+        wait_for(lambda: read_ledger(ledger), what="the runner past its gate")  # its pid is written first
         os.kill(sleeper.pid, signal.SIGSTOP)
         rescuer = start_agent(root, "rescuer", "--until-empty")
         assert rescuer.wait(timeout=60) == 0
@@ -99,9 +101,10 @@ def test_sigstop_past_lease_is_fenced_after_sigcont(make_fleet) -> None:
     rec = record(root, "t0000")
     assert rec["state"] == "done" and rec["epoch"] == 2 and rec["agent"] == "rescuer"
     assert [h["outcome"] for h in rec["history"]] == ["reclaimed", "done"]
-    # The takeover SIGKILLed the paused agent's runner before attempt 2 started: it never finished.
-    (k1, _, first_pid, a1), (k2, _, second_pid, a2), (k3, _, end_pid, a3) = read_ledger(ledger)
-    assert (k1, a1, k2, a2, k3, a3) == ("start", 1, "start", 2, "end", 2) and end_pid == second_pid
+    # The takeover stopped the paused agent's runner (SIGTERM, which it noted) before attempt 2 started.
+    (k1, _, first_pid, a1), (k0, _, killed_pid, _), (k2, _, second_pid, a2), (k3, _, end_pid, a3) = read_ledger(ledger)
+    assert (k1, a1, k0, k2, a2, k3, a3) == ("start", 1, "killed", "start", 2, "end", 2)
+    assert killed_pid == first_pid and end_pid == second_pid
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from ..clock import poll
 from ..config import AgentConfig, FleetConfig
-from ..errors import ClaimLostError, CoordinatorError, GitError
+from ..errors import ClaimLostError, ConfigError, CoordinatorError, GitError
+from ..liveness import HOST
 from ..runners import RunResult
 from ..store import Claim, Record, Store
 from ..tasks import Task
@@ -64,6 +65,24 @@ def open_workspace(config: FleetConfig, store: Store, task: Task, claim: Claim, 
         space.close()
         raise CoordinatorError(error)
     return space
+
+
+def require_one_host(config: FleetConfig, store: Store, now: float) -> None:
+    """Worktree mode on a shared store: every live agent must be on this host (DESIGN §13).
+
+    Landing moves a branch of a repository on this host; an agent on another host
+    would land on a different repository. Landing across hosts through a shared
+    remote is later work, so it is refused at start with its fix.
+    """
+    if config.workspace.mode != "worktree" or config.fleet.state == "file":
+        return
+    for agent in store.read_agents():
+        alive = agent.get("state") != "stopped" and now - float(agent.get("heartbeat_at", 0)) <= config.fleet.lease_s
+        if alive and agent.get("host") not in (None, HOST):
+            raise ConfigError(f"[workspace] mode = \"worktree\" lands on a repository of one host, so with a "
+                              f"shared state store every agent must run there; agent {agent.get('id')} runs on "
+                              f"{agent.get('host')}. Run the agents on one host, or set mode = \"shared\"",
+                              path=config.config_path, key="workspace.mode")
 
 
 class ClaimWorkspace:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ...clock import REAL_CLOCK, Clock
 from ...errors import BudgetError, StreamBrokenError
-from ..accounting import Ledger
+from ..accounting import Ledger, Price
 from ..apierrors import from_exception
 from ..dedup import Flight
 from ..dialects import Usage
@@ -95,7 +95,8 @@ class SharedFlights:
         finally:
             call.reservation.release()
             usage = _billed(flight) if led else None
-            self._spawn(self.budgets.settle(hold, call.price.usd(usage) if usage else 0.0,
+            hop = call.hop or call.hops[0]  # the hop that answered bills it (pipeline.py)
+            self._spawn(self.budgets.settle(hold, hop.price.usd(usage) if usage else 0.0,
                                             usage.total if usage else 0))
         return None
 
@@ -116,7 +117,7 @@ class SharedFlights:
                 return True
             if role == b"cached":
                 reply = unpack_reply(value)
-                self.ledger.record_shared(call.who, "hit", reply.usage, call.would_be or call.price)
+                self.ledger.record_shared(call.who, "hit", reply.usage, _saved_at(call))
                 flight.finish(reply)
                 return False
             if role == b"lead":
@@ -227,7 +228,7 @@ class SharedFlights:
             flight.fail(unpack_error(fields[b"e"]))
             return
         reply = unpack_reply(fields[b"f"], events)
-        self.ledger.record_shared(call.who, "joined", reply.usage, call.would_be or call.price)
+        self.ledger.record_shared(call.who, "joined", reply.usage, _saved_at(call))
         flight.finish(reply)
 
     @staticmethod
@@ -245,6 +246,11 @@ class SharedFlights:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _saved_at(call: Call) -> Price:
+    """The price a request served by another host's call saves at (the routed hop's, as proxy.py's)."""
+    return call.hops[0].would_be or call.hops[0].price
 
 
 def _billed(flight: Flight) -> Usage | None:

@@ -14,6 +14,7 @@ ends. Redis down: the local limiter alone.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ...clock import REAL_CLOCK, Clock
 from ...config import BackendConfig
@@ -30,9 +31,26 @@ class SharedLimiter:
         self.link = link
         self.clock = clock
         self.keys = [link.key("bucket", backend, kind) for kind in ("rpm", "input_tpm", "output_tpm")]
+        self._debits: set[asyncio.Task] = set()
+        self._take_rates(config)
+
+    def _take_rates(self, config: BackendConfig) -> None:
         self.rates = [str(config.rpm), str(config.input_tpm), str(config.output_tpm)]
         self.limited = any(rate > 0 for rate in (config.rpm, config.input_tpm, config.output_tpm))
-        self._debits: set[asyncio.Task] = set()
+
+    def retune(self, config: BackendConfig) -> None:
+        """New limits from a reloaded fleet.toml, here and in the shared buckets (``Limiter.retune``)."""
+        self.local.retune(config)
+        self._take_rates(config)
+
+    @property
+    def observe_wait(self) -> Callable[[float], None] | None:
+        """The local limiter's wait metric (set by ``reload.py``)."""
+        return self.local.observe_wait
+
+    @observe_wait.setter
+    def observe_wait(self, observe: Callable[[float], None] | None) -> None:
+        self.local.observe_wait = observe
 
     @property
     def active(self) -> int:
