@@ -71,6 +71,8 @@ class GatewaySection(_Strict):
     header_timeout_s: float = Field(15.0, gt=0)  # a connection idle or mid-headers this long is closed
     body_timeout_s: float = Field(60.0, gt=0)  # a request body not received in full by then gets 408
     max_connections: int = Field(2048, ge=1)  # open client connections; more are refused at once (503)
+    # With a Redis state: how long another host's gateway waits on a leader that stops renewing its call
+    shared_lease_s: float = Field(10.0, gt=0)
 
     @field_validator("host")
     @classmethod

@@ -1,6 +1,7 @@
 """Benchmark the gateway against a fast fake upstream, direct and through the gateway, in one run.
 
     python scripts/bench_gateway.py [--quick] [--requests N] [--rss-requests N] [--only routing]
+    python scripts/bench_gateway.py --hosts 2 [--samples N]   (two gateways on one Redis: bench_hosts.py)
 
 Three processes: a minimal fake OpenAI upstream (aiohttp, one fixed answer, so it
 costs little), the gateway (``coordinator.gateway.serve_forever``, as
@@ -56,12 +57,24 @@ async def chat(request):
     calls["n"] += 1
     if b"bench_delay_ms" in raw:  # lets the coalescing run keep its one call in flight
         await asyncio.sleep(json.loads(raw)["bench_delay_ms"] / 1000)
+    if b'"stream"' in raw and json.loads(raw).get("stream"):  # bench_hosts.py: an event every 2 ms
+        return await stream(request, json.loads(raw))
     if not SYNTHETIC:
         return web.Response(body=BODY, content_type="application/json")
     # What any server must do: parse the request and answer it (the echo backend's code).
     answer = synthesize("openai", request.path, json.loads(raw), False, message_id=f"chatcmpl-{next(ids)}",
                         cache=cache)
     return web.Response(status=answer.status, body=answer.body, content_type="application/json")
+
+async def stream(request, body):
+    answer = synthesize("openai", request.path, body, True, message_id=f"chatcmpl-{next(ids)}", cache=cache)
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    for event, _ in answer.events:
+        await response.write(event)
+        await asyncio.sleep(0.002)
+    await response.write_eof()
+    return response
 
 async def count(request):
     return web.json_response(calls)
@@ -396,7 +409,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
     parser.add_argument("--only", choices=("all", "routing"), default="all",
                         help="routing: only the routing-decision and reload figures")
+    parser.add_argument("--hosts", type=int, choices=(1, 2), default=1,
+                        help="2: cross-host join latency of two gateways sharing one Redis (bench_hosts.py)")
+    parser.add_argument("--samples", type=int, default=300, help="--hosts 2: joins measured")
+    parser.add_argument("--hold-ms", type=int, default=60, help="--hosts 2: the upstream's delay to first event")
     args = parser.parse_args()
+    if args.hosts == 2:
+        from bench_hosts import run_hosts  # noqa: PLC0415  (beside this script)
+
+        print(json.dumps(run_hosts(args.samples, args.hold_ms), indent=1))
+        return
     if args.quick:
         args.requests, args.rss_requests, args.rounds = 2_000, 5_000, 1
     with tempfile.TemporaryDirectory() as tmp_name:

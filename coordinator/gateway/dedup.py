@@ -164,12 +164,17 @@ class Flight:
 
     async def follow(self) -> AsyncIterator[bytes]:
         """Everything received so far in one piece, then each new batch live, until the end."""
+        async for batch in self.batches():
+            yield b"".join(batch)
+
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        """The events received so far as one list, then each new list live, until the end (event bounds kept)."""
         sent = 0
         while True:
             if sent < len(self.events):
                 batch = self.events[sent:]
                 sent += len(batch)
-                yield b"".join(batch)
+                yield batch
                 continue
             if self.done:
                 return

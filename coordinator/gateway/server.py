@@ -49,6 +49,7 @@ from .pipeline import Pipeline, Upstream
 from .proxy import Proxy
 from .reload import Reloader
 from .scrape import FleetFigures
+from .shared import attach_shared
 from .stats_file import StatsFile
 from .tokens import new_fleet_token
 
@@ -91,6 +92,7 @@ class Gateway:
         self._unguard_logs: Callable[[], None] | None = None
         self.api: TaskApi | None = None  # the task API (serve/), once app() has built the routes
         self.started_at = 0
+        self.shared = attach_shared(self)  # None unless [fleet] state is Redis (gateway/shared/)
 
     @property
     def upstreams(self) -> dict[str, Upstream]:
@@ -140,6 +142,8 @@ class Gateway:
     async def start(self) -> None:
         """Load saved totals, bind 127.0.0.1, serve, and write gateway.json."""
         self.stats_file.load()
+        if self.shared is not None:
+            await self.shared.start()
         self._unguard_logs = install(self.log_guard)
         self.started_at = int(self.clock.wall())
         settings = self.config.gateway
@@ -173,6 +177,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.shared is not None:
+            await self.shared.stop()
         self.save_stats(force=True)
         await self.reloader.close()
         self._remove_state_file()
@@ -197,6 +203,8 @@ class Gateway:
             row.update(breaker=upstream.breaker.state, in_flight=upstream.limiter.active,
                        queued=upstream.limiter.waiting)
         data["config"] = self.reloader.status()
+        if self.shared is not None:
+            data["shared"] = self.shared.stats()
         return data
 
     def save_stats(self, *, force: bool = False) -> None:

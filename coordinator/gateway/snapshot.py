@@ -56,8 +56,15 @@ class Snapshot:
         upstream = self.upstreams[target.backend]
         free = upstream.backend.kind == "echo"
         return Hop(target, upstream, FREE if free else target.price, target.price if free else None,
-                   identity=f"{target.alias}\0{target.model}\0{upstream.name}#{upstream.serial}")
+                   identity=f"{target.alias}\0{target.model}\0{upstream.name}#{_destination(upstream)}")
 
     def model_entries(self, created: int) -> list[tuple[str, str, int]]:
         """The configured aliases for ``GET /v1/models``: (alias, "alias → upstream model", created)."""
         return [(name, f"{name} → {self.table.target(name).model}", created) for name in self.config.models]
+
+
+def _destination(upstream: Upstream) -> str:
+    """Where the backend's calls go, in words that are the same on every host (not ``serial``, a process-local
+    counter): gateways on several hosts share dedup keys (gateway/shared/)."""
+    config = upstream.config
+    return f"{config.kind}|{config.base_url}|{config.api_key_env}"

@@ -42,8 +42,7 @@ def store_outage(config: FleetConfig, exc: StoreUnavailableError) -> dict[str, A
     """What can be said while the state store cannot be reached: that, and the gateway."""
     problems = [f"the state store at {exc.url} is unreachable; agents are waiting for it and resume when it answers"]
     gateway = gateway_status(config)
-    if gateway.get("unreachable"):
-        problems.append("gateway unreachable")
+    problems += gateway_problems(gateway)
     return {"tasks": {}, "agents": [], "gateway": gateway, "stale_claims": [], "invalid_files": [],
             "healthy": False, "problems": problems, "paused": False,
             "store": {"url": exc.url, "reachable": False, "error": str(exc)}}
@@ -69,8 +68,7 @@ def fleet_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
         problems.append(f"dead agent(s) holding claims: {', '.join(dead_holding)}")
     if invalid:
         problems.append(f"{len(invalid)} invalid task file(s)")
-    if gateway.get("unreachable"):
-        problems.append("gateway unreachable")
+    problems += gateway_problems(gateway)
     if (gateway.get("config") or {}).get("refused"):
         problems.append(f"the gateway refused fleet.toml and still serves the last good one: "
                         f"{gateway['config']['refused']['error']}")
@@ -135,4 +133,16 @@ def gateway_status(config: FleetConfig) -> dict[str, Any]:
                       for alias, row in (stats.get("aliases") or {}).items() if isinstance(row, dict)}
     if isinstance(stats.get("config"), dict):  # a live gateway: the fleet.toml generation it serves
         out["config"] = stats["config"]
+    if out["running"] and isinstance(stats.get("shared"), dict):  # a fleet on Redis (gateway/shared/)
+        out["shared"] = stats["shared"]
     return out
+
+
+def gateway_problems(gateway: dict[str, Any]) -> list[str]:
+    """What is wrong with the gateway, for the report's problems."""
+    if gateway.get("unreachable"):
+        return ["gateway unreachable"]
+    if (gateway.get("shared") or {}).get("degraded"):
+        return [f"gateway degraded: the shared state at {gateway['shared'].get('state')} is unreachable, so this "
+                "host's gateway dedups, caches, limits and budgets on its own until it answers"]
+    return []

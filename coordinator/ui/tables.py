@@ -201,6 +201,9 @@ def agents_table(agents: list[dict[str, Any]], tokens: dict[str, int] | None = N
 def gateway_line(gateway: dict[str, Any]) -> Text:
     """Requests, upstream calls, dedup and cache figures, USD and USD saved; requests per alias; config refusals."""
     where = gateway["url"] if gateway["running"] else ("unreachable" if gateway.get("unreachable") else "stopped")
+    shared = gateway.get("shared")
+    if shared:  # a fleet on Redis: whether this host's gateway shares its work with the others
+        where += "  shared" if shared.get("up") else "  DEGRADED (Redis unreachable: local dedup only)"
     text = Text(f"gateway {where}  requests {gateway['requests']}  upstream {gateway['upstream_calls']}  "
                 f"joined {gateway['dedup_joined']}  hits {gateway['dedup_hits']}  "
                 f"cache read {gateway['cache_read_tokens']} / write {gateway['cache_write_tokens']} tok  "
