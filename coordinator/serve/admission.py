@@ -1,12 +1,14 @@
-"""Admission of new tasks (``POST /tasks``): validate, then the queue and budget limits, then write.
+"""Admission of new tasks (``POST /tasks``, the MCP ``enqueue``): validate, then the queue and budget limits, then write.
 
-The order is the contract's: a bad task is 400 and a taken id 409 whatever the
-load; an identical resubmit is 200 without counting against anything; only new
-tasks meet the limits: 429 ``queue_full`` when ``[fleet] max_pending`` tasks are
-waiting (pending or blocked; 0 = no limit), 429 ``budget_exhausted`` when the fleet
-has spent ``[fleet] max_usd`` (the gateway's ledger decides, as for inference).
-Checking and writing hold ``queue.ops.writing_lock``, so concurrent requests to
-one server cannot both squeeze past ``max_pending``.
+The order is the contract's: a bad task (``ConfigError``, 400) and a taken id
+(``TaskError``, 409) are refused whatever the load; an identical resubmit is
+accepted without counting against anything; only new tasks meet the limits:
+``QueueFullError`` (429 ``queue_full``) when ``[fleet] max_pending`` tasks are
+waiting (pending or blocked; 0 = no limit), ``BudgetError`` (429
+``budget_exhausted``) when the fleet has spent ``[fleet] max_usd`` (the gateway's
+ledger decides, as for inference). Checking and writing hold
+``queue.ops.writing_lock``, so concurrent requests to one server cannot both
+squeeze past ``max_pending``. Plain data and errors: each surface renders them.
 """
 
 from __future__ import annotations
@@ -15,23 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from ..config import FleetConfig
+from ..errors import QueueFullError
 from ..queue import ops
 from ..report.rows import FleetSnapshot, snapshot
-from .access import error
-
-QUEUE_FULL_RETRY_S = 5
 
 
 @dataclass
 class Outcome:
-    """What a submission came to: each task's accepted row and whether it was created, or a refusal."""
+    """What a submission came to: each task's accepted row and whether this call created it."""
 
     accepted: list[dict[str, Any]] = field(default_factory=list)
     created: list[bool] = field(default_factory=list)
-    refusal: web.Response | None = None
 
 
 class Admission:
@@ -42,31 +39,26 @@ class Admission:
         self.check_budget = check_budget  # raises BudgetError when the fleet's budget is spent
 
     def submit(self, tables: list[Any], batch: bool) -> Outcome:
-        """Validate and write ``tables`` (ConfigError 400, TaskError 409, BudgetError 429); runs on a thread."""
+        """Validate and write ``tables`` (ConfigError, TaskError, QueueFullError, BudgetError); runs on a thread."""
         with ops.writing_lock():
             prepared = ops.prepare_tables(self.config, tables, batch=batch)
             new = sum(item.is_new for item in prepared)
             if new:
-                refusal = self._refusal(new)
-                if refusal is not None:
-                    return Outcome(refusal=refusal)
+                self._admit(new)
             created = ops.write_prepared(self.config, prepared)
         snap = snapshot(self.config)
         return Outcome(accepted=[accepted_row(snap, item.task_id) for item in prepared], created=created)
 
-    def _refusal(self, new: int) -> web.Response | None:
+    def _admit(self, new: int) -> None:
+        """Raise BudgetError or QueueFullError when ``new`` more tasks may not join the queue now."""
         self.check_budget()
         limit = self.config.fleet.max_pending
         if not limit:
-            return None
+            return
         counts = snapshot(self.config).counts()
         waiting = counts["pending"] + counts["blocked"]
-        if waiting + new <= limit:
-            return None
-        return error(429, "queue_full", f"{waiting} tasks are waiting and [fleet] max_pending is {limit}; retry "
-                                        "later, or raise max_pending in fleet.toml",
-                     headers={"retry-after": str(QUEUE_FULL_RETRY_S)},
-                     policy={"max_pending": limit, "waiting": waiting})
+        if waiting + new > limit:
+            raise QueueFullError(limit=limit, waiting=waiting)
 
 
 def accepted_row(snap: FleetSnapshot, task_id: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import FleetConfig
-from ..errors import BudgetError, ConfigError, TaskError
+from ..errors import BudgetError, ConfigError, QueueFullError, TaskError
 from ..fleet.workspace import runs_root
 from ..queue import ops
 from ..report.rows import STATES, snapshot, task_detail
@@ -117,11 +117,12 @@ class TaskApi:
             return error(400, "invalid_task", str(exc), field=exc.key)
         except TaskError as exc:
             return error(409, "conflict", str(exc))
+        except QueueFullError as exc:
+            return error(429, "queue_full", str(exc), headers={"retry-after": str(exc.retry_after_s)},
+                         policy={"max_pending": exc.limit, "waiting": exc.waiting})
         except BudgetError as exc:
             return error(429, "budget_exhausted", str(exc), headers={"retry-after": "60"},
                          policy={"max_usd": exc.limit})
-        if outcome.refusal is not None:
-            return outcome.refusal
         status = 202 if any(outcome.created) else 200
         data = render(AcceptedBatch, {"tasks": outcome.accepted})
         location = outcome.accepted[0]["links"]["self"]
