@@ -22,7 +22,7 @@ from ..config import FleetConfig
 from ..errors import BudgetError, ConfigError, QueueFullError, TaskError
 from ..fleet.workspace import runs_root
 from ..queue import ops
-from ..report.rows import STATES, snapshot, task_detail
+from ..report.rows import STATES, snapshot, task_detail, task_page
 from ..report.status import build_status
 from ..store import open_store
 from ..tasks.cache import load_cached
@@ -136,10 +136,7 @@ class TaskApi:
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT or not cursor.isdigit():
             return error(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and cursor a next_cursor value")
         snap = await asyncio.to_thread(snapshot, self.config)
-        rows = [row for row in snap.rows if state is None or row.state == state]
-        start, end = int(cursor), int(cursor) + int(limit)
-        page = {"tasks": rows[start:end], "next_cursor": str(end) if end < len(rows) else None}
-        return reply(200, render(TaskPage, page))
+        return reply(200, render(TaskPage, task_page(snap, state, int(cursor), int(limit))))
 
     async def show(self, request: web.Request) -> web.Response:
         task_id = request.match_info["task_id"]
