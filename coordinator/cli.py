@@ -332,6 +332,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet 
 
 # The commands that change the queue live beside this module; importing it registers them.
 from . import cli_queue  # noqa: E402, F401
+from . import cli_mcp  # noqa: E402, F401  (`coordinator mcp`, DESIGN §11)
 
 
 def _help_command() -> str:
