@@ -14,14 +14,16 @@ fleet token. The SDK's Host and Origin checks against DNS rebinding stay on.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -194,7 +196,19 @@ def serve_http(server: MCPServer, config: FleetConfig, port: int, on_ready: Call
     sock.bind(("127.0.0.1", port))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     app = BearerGuard(server.streamable_http_app(host="127.0.0.1"), lambda: accepted_tokens(config, token))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+
+    class Uvicorn(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """uvicorn's, without raising the signal again once stopped: SIGTERM ends this cleanly (exit 0)."""
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    uv = Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="on"))
     path = config.state_dir / MCP_FILE
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     write_json_atomic(path, {"url": url, "pid": os.getpid(), "token": token}, mode=PRIVATE_FILE)
