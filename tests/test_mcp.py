@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -157,12 +158,18 @@ def test_read_output_reads_a_finished_run_in_bounded_slices(root: Path) -> None:
     assert run_cli(root, "run", "-n", "1", "--until-empty", "--no-dashboard").returncode == 0
     log = (root / ".coordinator" / "runs" / "out" / "1" / "stdout.log").read_text()
     assert log
-    text, offset, eof = "", 0, False
-    while not eof:
-        chunk = data(call(tools, ("read_output", {"task_id": "out", "offset": offset, "max_bytes": 7}))[0])
-        assert chunk["run"] == 1 and len(chunk["text"].encode()) <= 7
-        text, offset, eof = text + chunk["text"], chunk["next_offset"], chunk["eof"]
-    assert text == log and offset == len(log.encode())
+
+    async def read_in_slices(client: Any) -> list[dict[str, Any]]:
+        chunks, offset, eof = [], 0, False
+        while not eof:
+            chunks.append(data(await client.call_tool("read_output", {"task_id": "out", "offset": offset,
+                                                                      "max_bytes": 7})))
+            offset, eof = chunks[-1]["next_offset"], chunks[-1]["eof"]
+        return chunks
+    chunks = with_client(tools, read_in_slices)
+    assert all(chunk["run"] == 1 and len(chunk["text"].encode()) <= 7 for chunk in chunks)
+    text, offset = "".join(chunk["text"] for chunk in chunks), chunks[-1]["next_offset"]
+    assert text == log and offset == len(log.encode()) and len(chunks) >= len(log.encode()) // 7
     past, no_run, missing, stderr = call(
         tools, ("read_output", {"task_id": "out", "offset": offset + 1}), ("read_output", {"task_id": "out", "run": 9}),
         ("read_output", {"task_id": "nope"}), ("read_output", {"task_id": "out", "stream": "stderr"}))
@@ -188,5 +195,6 @@ def test_infer_without_a_running_gateway_says_how_to_start_one(root: Path) -> No
 def test_a_broken_fleet_toml_is_each_calls_one_line_config_error(root: Path) -> None:
     tools = fleet_tools(root)
     (root / "fleet.toml").write_text("[fleet]\nagents = 0\n")
+    expected = cli_error(root, "status")
     for result in call(tools, ("fleet_status", {}), ("enqueue", {"tasks": [{"prompt": "x"}]})):
-        assert error(result) == cli_error(root, "status")
+        assert error(result) == expected

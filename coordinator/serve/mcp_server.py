@@ -194,6 +194,7 @@ def serve_http(server: MCPServer, config: FleetConfig, port: int, on_ready: Call
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    sock.listen(128)  # clients that read mcp.json may connect before uvicorn's loop runs: the kernel queues them
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     app = BearerGuard(server.streamable_http_app(host="127.0.0.1"), lambda: accepted_tokens(config, token))
 

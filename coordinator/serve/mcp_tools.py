@@ -116,7 +116,8 @@ class FleetTools:
 
     def read_output(self, task_id: TaskId,
                     offset: Annotated[int, Field(ge=0, description="byte offset: 0, then next_offset")] = 0,
-                    max_bytes: Annotated[int, Field(ge=1, le=MAX_READ_BYTES, description="at most this many bytes")]
+                    max_bytes: Annotated[int, Field(ge=4, le=MAX_READ_BYTES, description="at most this many bytes "
+                                                    "(a UTF-8 character is never split)")]
                     = DEFAULT_READ_BYTES,
                     stream: Annotated[Literal["stdout", "stderr", "acceptance"], Field(
                         description="stdout: the model's streamed output or a command's stdout")] = "stdout",
