@@ -17,12 +17,10 @@ def test_claude_agents_get_strict_mcp_config_unless_their_config_opts_out(make_f
     log = tmp_path / "argv.jsonl"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    claude = bin_dir / "claude"
-    claude.write_text(FAKE_CLAUDE.format(log=log))
-    claude.chmod(0o755)
-    other = bin_dir / "agent-cli"
-    other.write_text(FAKE_CLAUDE.format(log=log))
-    other.chmod(0o755)
+    claude, other = bin_dir / "claude", bin_dir / "agent-cli"  # the same script: only the name differs
+    for program in (claude, other):
+        program.write_text(FAKE_CLAUDE.format(log=log))
+        program.chmod(0o755)
     root = make_fleet(f"""
         [fleet]
         default_agent = "strict"
