@@ -79,6 +79,8 @@ def test_enqueue_refuses_a_taken_id_a_full_queue_and_a_task_inside_the_fleet(roo
     assert error(taken) == "task 'a' already exists in tasks/a.toml; pick another id"
     assert error(full) == ("1 tasks are waiting and [fleet] max_pending is 1; retry later, or raise max_pending in "
                            "fleet.toml")
+    empty, = call(fleet_tools(root), ("enqueue", {"tasks": []}))
+    assert empty.is_error and "tasks" in empty.content[0].text  # the input schema's minItems
     inside, = call(fleet_tools(root, inside_task="a"), ("enqueue", {"tasks": [{"id": "c", "prompt": "c"}]}))
     assert error(inside).startswith("agents cannot enqueue into their own fleet: this MCP server runs inside fleet "
                                     "task 'a' (COORDINATOR_TASK_ID is set)")

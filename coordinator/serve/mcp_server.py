@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -157,8 +158,6 @@ def as_tool(method: Callable[..., Any], model: type[BaseModel]) -> Callable[...,
     output schema is the model's, and a user error can be answered as a tool error
     with the CLI's message exactly (a raised ``ToolError`` would get a prefix).
     """
-    import inspect  # noqa: PLC0415
-
     def call(**arguments: Any) -> CallToolResult:
         try:
             data = render(model, method(**arguments))

@@ -16,7 +16,6 @@ schemas; the server publishes them as they are.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -44,10 +43,11 @@ WAIT_STEP_S = 0.2
 DEFAULT_READ_BYTES = 16 * 1024
 MAX_READ_BYTES = 256 * 1024
 LOG_NAMES = {"stdout": "stdout.log", "stderr": "stderr.log", "acceptance": "acceptance.log"}
-_ACTIVE = (str(State.PENDING), str(State.RUNNING))  # states a wait waits through
+_ACTIVE = frozenset({str(State.PENDING), str(State.RUNNING)})  # states a wait waits through
+_FINISHED = frozenset(str(state) for state in FINISHED)
 
 TaskId = Annotated[str, Field(description="a task id, as enqueue returned it or list_tasks lists it")]
-TaskTables = Annotated[list[dict[str, Any]], WithJsonSchema({
+TaskTables = Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BATCH), WithJsonSchema({
     "type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": task_json_schema()["$defs"]["Task"],
     "description": "one or more tasks, each an object of task-file keys (prompt required; id defaults to one "
                    "made from the prompt); validated exactly as task files are"})]
@@ -80,7 +80,7 @@ class FleetTools:
 
     def fleet_status(self) -> dict[str, Any]:
         """The fleet's health, as `coordinator status --json`: tasks per state, agents, gateway savings, problems."""
-        return build_status(self.load(), time.time())
+        return build_status(self.load(), self.clock.wall())
 
     def list_tasks(self, state: Annotated[StateFilter | None, Field(description="only tasks in this state")] = None,
                    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT, description="rows in this page")] = 100,
@@ -112,7 +112,7 @@ class FleetTools:
                 if record is not None and record.state in FINISHED:
                     break
             row = _row(config, task_id)
-        return {**row, "finished": row["state"] in {str(state) for state in FINISHED}}
+        return {**row, "finished": row["state"] in _FINISHED}
 
     def read_output(self, task_id: TaskId,
                     offset: Annotated[int, Field(ge=0, description="byte offset: 0, then next_offset")] = 0,
