@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,18 @@ def test_http_needs_the_token_and_serves_the_tools_with_it(tmp_path: Path) -> No
         stop(proc, signal.SIGTERM)
         log.close()
     assert proc.returncode == 0 and not info_path.exists(), (tmp_path / "mcp.out").read_text()
+
+
+def test_http_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    root = write_echo_fleet(tmp_path / "fleet")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli(root, "mcp", "--http", str(port))
+    assert result.returncode == 2 and result.stderr == (
+        f"error: --http: cannot listen on 127.0.0.1:{port} (Address already in use); pick another "
+        "port, or 0 for any free one\n")
 
 
 def test_without_the_mcp_extra_the_command_says_how_to_install_it(tmp_path: Path) -> None:

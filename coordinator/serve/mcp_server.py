@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..atomic import PRIVATE_DIR, PRIVATE_FILE, read_json, write_json_atomic
 from ..config import FleetConfig
-from ..errors import CoordinatorError
+from ..errors import ConfigError, CoordinatorError
 from ..gateway.client import read_gateway
 from .mcp_tools import FleetTools
 from .models import StateName, StatusReport, TaskAction, TaskDetail, TaskPage, render
@@ -190,10 +190,7 @@ def serve_http(server: MCPServer, config: FleetConfig, port: int, on_ready: Call
     import uvicorn  # noqa: PLC0415
 
     token = "cgm-" + secrets.token_urlsafe(32)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)  # clients that read mcp.json may connect before uvicorn's loop runs: the kernel queues them
+    sock = listen(port)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     app = BearerGuard(server.streamable_http_app(host="127.0.0.1"), lambda: accepted_tokens(config, token))
 
@@ -218,6 +215,24 @@ def serve_http(server: MCPServer, config: FleetConfig, port: int, on_ready: Call
     finally:
         if (read_json(path) or {}).get("token") == token:
             path.unlink(missing_ok=True)
+
+
+def listen(port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:``port`` (0: a free one); ``ConfigError`` when it cannot be had.
+
+    It listens before ``mcp.json`` names it, so a client that reads the file at once
+    is queued by the kernel until uvicorn's loop accepts it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another port, or 0 for any "
+                          "free one", key="--http") from exc
+    return sock
 
 
 def accepted_tokens(config: FleetConfig, own: str) -> list[str]:
