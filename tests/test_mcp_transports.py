@@ -60,8 +60,8 @@ def test_a_server_started_inside_a_fleet_task_refuses_to_enqueue(tmp_path: Path)
 
 def test_http_needs_the_token_and_serves_the_tools_with_it(tmp_path: Path) -> None:
     root = write_echo_fleet(tmp_path / "fleet")
-    log = open(tmp_path / "mcp.out", "wb")  # noqa: SIM115  (closed with the process)
-    proc = subprocess.Popen(coordinator_argv("-C", str(root), "mcp", "--http", "0"), stdout=log, stderr=log,
+    out, log = open(tmp_path / "mcp.stdout", "wb"), open(tmp_path / "mcp.stderr", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(coordinator_argv("-C", str(root), "mcp", "--http", "0"), stdout=out, stderr=log,
                             stdin=subprocess.DEVNULL, env=subprocess_env(), start_new_session=True)
     info_path = root / ".coordinator" / "mcp.json"
     try:
@@ -84,8 +84,11 @@ def test_http_needs_the_token_and_serves_the_tools_with_it(tmp_path: Path) -> No
         assert foreign.status_code in (400, 403, 421), "DNS rebinding: a foreign Host is refused"
     finally:
         stop(proc, signal.SIGTERM)
+        out.close()
         log.close()
-    assert proc.returncode == 0 and not info_path.exists(), (tmp_path / "mcp.out").read_text()
+    assert proc.returncode == 0 and not info_path.exists(), (tmp_path / "mcp.stderr").read_text()
+    assert (tmp_path / "mcp.stdout").read_text() == "", "every log line goes to stderr"
+    assert "Invalid Host header: evil.example" in (tmp_path / "mcp.stderr").read_text()
 
 
 def test_http_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:

@@ -205,7 +205,8 @@ def serve_http(server: MCPServer, config: FleetConfig, port: int, on_ready: Call
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    uv = Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # log_config None: uvicorn's lines go through the root logger, to stderr (its own config sends some to stdout).
+    uv = Uvicorn(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
     path = config.state_dir / MCP_FILE
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     write_json_atomic(path, {"url": url, "pid": os.getpid(), "token": token}, mode=PRIVATE_FILE)
