@@ -179,14 +179,18 @@ def agent(ctx: typer.Context,
                                                          "that started this agent; stop if it dies.")] = None,
           root: RootOpt = None) -> None:
     """Run one agent process: claim tasks, run them, record the outcome."""
+    import time  # noqa: PLC0415
+
     from .fleet.agent import Agent, default_agent_id  # noqa: PLC0415
     from .fleet.gitrepo import check_workspace  # noqa: PLC0415
+    from .fleet.landing import require_one_host  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     require_agent(config, agent_name)
     check_workspace(config)
     worker = Agent(config, agent_id or default_agent_id(), env=dict(os.environ), until_empty=until_empty,
                    agent_override=agent_name, supervisor_pid=supervisor)
+    require_one_host(config, worker.store, time.time())
     raise typer.Exit(worker.run())
 
 
@@ -223,12 +227,18 @@ def run(ctx: typer.Context,
     Exit 0 when every task is done; 1 when any failed, is blocked or invalid (or is
     left pending); 2 for bad input; 130 after Ctrl-C.
     """
+    import time  # noqa: PLC0415
+
     from .fleet.gitrepo import check_workspace  # noqa: PLC0415
+    from .fleet.landing import require_one_host  # noqa: PLC0415
     from .fleet.supervisor import FleetOptions, run_fleet  # noqa: PLC0415
+    from .store import open_store  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()
     require_agent(config, agent_name)
     check_workspace(config)
+    if config.workspace.mode == "worktree":
+        require_one_host(config, open_store(config), time.time())
     options = FleetOptions(agents=agents or config.fleet.agents,
                            until_empty=until_empty if until_empty is not None else not sys.stdin.isatty(),
                            agent_override=agent_name, env=dict(os.environ))
@@ -317,6 +327,8 @@ def gc(ctx: typer.Context, dry_run: Annotated[bool, typer.Option("--dry-run", he
         typer.echo(f"salvaged {item['task']} (epoch {item['epoch']}) to {item['ref']}")
     for branch in report["branches_deleted"]:
         typer.echo(f"{'would delete' if dry_run else 'deleted'} branch {branch}")
+    for spare in report["spares_removed"]:
+        typer.echo(f"{verb} spare worktree {spare}")
 
 
 @app.command()
@@ -332,6 +344,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet 
 
 # The commands that change the queue live beside this module; importing it registers them.
 from . import cli_queue  # noqa: E402, F401
+from . import cli_serve  # noqa: E402, F401  (`coordinator ui`)
 from . import cli_mcp  # noqa: E402, F401  (`coordinator mcp`, DESIGN §11)
 
 

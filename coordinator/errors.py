@@ -11,6 +11,7 @@
     │   ├── StoreUnavailableError       it cannot be reached
     │   └── IncarnationError            it was wiped or replaced under the fleet
     ├── FleetRunningError(pid)          a second `coordinator run` (or gateway) in a fleet root that has one
+    ├── NoGatewayError(root, url)       no gateway serves the fleet (or it did not answer)
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
     ├── QueueFullError(limit, waiting)  [fleet] max_pending tasks are waiting: no new task is admitted
     ├── GitError(argv, returncode)      a git command of the workspace lifecycle failed
@@ -106,6 +107,11 @@ class StoreUnavailableError(StoreError):
                          f"then try again", url=url)
 
 
+# A state write that failed now and may succeed later: a full or read-only disk, an
+# unreachable store. Agents wait and retry on these; anything else is a real error.
+TRANSIENT_STORE_ERRORS = (StateError, StoreUnavailableError)
+
+
 class IncarnationError(StoreError):
     """The store's incarnation is missing or not the one this fleet knew: it was wiped or replaced.
 
@@ -132,6 +138,20 @@ class FleetRunningError(CoordinatorError):
         self.pid = pid
         who = f" (pid {pid})" if pid else ""
         super().__init__(f"{what} is already running in {root}{who}; {hint}")
+
+
+class NoGatewayError(CoordinatorError):
+    """A command needs the fleet's running gateway, and none serves it (or it did not answer)."""
+
+    def __init__(self, root: Path | str, url: str | None = None, reason: str = "") -> None:
+        self.root = str(root)
+        self.url = url
+        if url is None:
+            message = (f"no gateway is running for {root}; start one with `coordinator gateway` "
+                       "(or `coordinator run`, which serves one)")
+        else:
+            message = f"the gateway at {url} did not answer ({reason}); check it with `coordinator status`"
+        super().__init__(message)
 
 
 class BudgetError(CoordinatorError):

@@ -23,6 +23,7 @@ HOST = os.environ.get(HOST_ENV) or socket.gethostname()
 # psutil derives start times from boot time + clock ticks; two reads of one
 # process agree far closer than this, while a reused PID differs by much more.
 START_TIME_TOLERANCE_S = 0.05
+KILL_GRACE_S = 2.0  # how long a runner left by a dead or stale holder gets to stop on SIGTERM
 
 
 def start_time(pid: int) -> float | None:
@@ -46,11 +47,23 @@ def process_is_alive(pid: int, started_at: float | None = None) -> bool:
         return True  # it exists; we may not inspect it, which proves nothing about its death
 
 
-def kill_group_of(pid: int, started_at: float) -> None:
-    """SIGKILL the process group led by ``pid``, only if ``pid`` is still that process."""
+def kill_group_of(pid: int, started_at: float, grace_s: float = KILL_GRACE_S) -> None:
+    """Stop the process group led by ``pid``, only if ``pid`` is still that process.
+
+    SIGTERM first, so the program can stop cleanly (an agent CLI saving its session,
+    a script noting it was stopped); SIGKILL for the group once the leader is gone
+    or ``grace_s`` has passed. It returns only when the leader is gone or killed.
+    """
     if start_time(pid) is None or not process_is_alive(pid, started_at):
         return  # gone, or hidden from us (AccessDenied): no proof of identity, no kill
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGTERM)
+        psutil.Process(pid).wait(timeout=grace_s)
+    except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+        pass
+    except psutil.TimeoutExpired:
+        pass
+    try:
+        os.killpg(pid, signal.SIGKILL)  # members that ignored SIGTERM still share the leader's group id
     except (ProcessLookupError, PermissionError):
         pass

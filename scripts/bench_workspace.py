@@ -15,7 +15,9 @@ fork/exec and the rest is the coordinator's. Measured in the same run:
   landing rate when every landing is gated (each gate checks out a worktree);
 - ``baseline``: a plain ``git worktree add`` of the same repository, against the
   coordinator's ``worktrees.create`` (lock, exclude, add with a branch), one after
-  the other with nothing else running, interleaved so both see the same caches.
+  the other with nothing else running, interleaved so both see the same caches;
+  and ``create_from_spare``, the same create when the agent has a spare (its last
+  claim's worktree, parked: what every claim but an agent's first one costs).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def baseline(template: Path, tmp: Path, samples: int) -> dict:
     root = tmp / "baseline"
     make_fleet(template, root, "worktree", "[]", 0)
     config = load_config(root)
-    plain, ours = [], []
+    plain, ours, reused = [], [], []
     for n in range(samples):
         path = tmp / f"plain-{n}"
         started = time.perf_counter()
@@ -144,9 +146,18 @@ def baseline(template: Path, tmp: Path, samples: int) -> dict:
         ws = wt.create(config, f"b{n}", 1)
         ours.append((time.perf_counter() - started) * 1000)
         wt.remove_worktree(ws.repo, ws.path, branch=ws.branch)
+        # An agent's next claim: its last worktree, parked as a spare, moved and switched (spares.py).
+        wt.release(wt.create(config, f"s{n}", 1, agent="bench"), landed=False)
+        started = time.perf_counter()
+        ws = wt.create(config, f"r{n}", 1, agent="bench")
+        reused.append((time.perf_counter() - started) * 1000)
+        wt.release(ws, landed=False)
+        wt.discard_spares(config, "bench", print)
     shutil.rmtree(root, ignore_errors=True)
     return {"samples": samples, "git_worktree_add": summary(plain), "coordinator_create": summary(ours),
-            "create_over_plain_p50": round(percentile(ours, 50) / percentile(plain, 50), 3)}
+            "create_over_plain_p50": round(percentile(ours, 50) / percentile(plain, 50), 3),
+            "create_from_spare": summary(reused),
+            "create_from_spare_over_plain_p50": round(percentile(reused, 50) / percentile(plain, 50), 3)}
 
 
 def main() -> None:

@@ -348,6 +348,13 @@ class StoreContract:
         event = self.store.read_events(0)[0][-1]
         assert event["event"] == "released" and event["reason"] == "fleet stopping"
 
+    def test_renew_keeps_the_worktree_a_claim_started_from(self) -> None:
+        claim = self.claim()
+        claim.base, claim.branch = "a" * 40, "coordinator/t1/e1"
+        self.store.renew(claim)
+        live = self.store.read_claim("t1")
+        assert live is not None and (live.base, live.branch) == ("a" * 40, "coordinator/t1/e1")
+
     def test_a_renewed_claim_is_not_reclaimed(self) -> None:
         judged = self.claim()
         snapshot = Claim(**judged.to_json())  # what the reaper read before the holder renewed

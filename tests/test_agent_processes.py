@@ -99,9 +99,10 @@ def test_sigstop_past_lease_is_fenced_after_sigcont(make_fleet) -> None:
     rec = record(root, "t0000")
     assert rec["state"] == "done" and rec["epoch"] == 2 and rec["agent"] == "rescuer"
     assert [h["outcome"] for h in rec["history"]] == ["reclaimed", "done"]
-    # The takeover SIGKILLed the paused agent's runner before attempt 2 started: it never finished.
-    (k1, _, first_pid, a1), (k2, _, second_pid, a2), (k3, _, end_pid, a3) = read_ledger(ledger)
-    assert (k1, a1, k2, a2, k3, a3) == ("start", 1, "start", 2, "end", 2) and end_pid == second_pid
+    # The takeover stopped the paused agent's runner (SIGTERM, which it noted) before attempt 2 started.
+    (k1, _, first_pid, a1), (k0, _, killed_pid, _), (k2, _, second_pid, a2), (k3, _, end_pid, a3) = read_ledger(ledger)
+    assert (k1, a1, k0, k2, a2, k3, a3) == ("start", 1, "killed", "start", 2, "end", 2)
+    assert killed_pid == first_pid and end_pid == second_pid
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
 
 

@@ -13,44 +13,43 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..atomic import USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import AgentConfig, FleetConfig
-from ..errors import ClaimLostError, ConfigError, CoordinatorError, StateError
+from ..errors import (
+    TRANSIENT_STORE_ERRORS,
+    ClaimLostError,
+    ConfigError,
+    CoordinatorError,
+    StoreUnavailableError,
+)
 from ..gateway.client import GatewayInfo, read_gateway
 from ..paths import open_workdir
+from ..provider_keys import without_secrets
 from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
 from ..queue.view import QueueView
 from ..runners import RunContext, RunResult, get_runner
-from ..provider_keys import without_secrets
 from ..store import Claim, open_store
 from ..tasks import State, Task
 from .gc import salvage_reclaimed
 from .homes import config_dir_env
 from .landing import ClaimWorkspace, carry_conflict, open_workspace
+from .lease import LeaseWatch, keep_alive
 from .notes import Notes
+from .waits import await_gateway, await_store, persist
 from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
+from .worktrees import discard_spares
 
 T = TypeVar("T")
 IDLE_POLL_S = 0.2
-# A state write that failed (disk full, read-only) is tried again this often, doubling to the cap.
-STATE_RETRY_S = 0.5
-STATE_RETRY_MAX_S = 10.0
 REAP_EVERY_S = 1.0
-# The runner's pid goes into the claim at the first heartbeat, this soon after it starts:
-# late enough that short tasks never pay for the extra write, early enough that a
-# takeover can find and kill a long-running runner.
-FIRST_BEAT_S = 0.5
 # `coordinator run` starts agents and its gateway together; an agent's first task may need to wait.
 GATEWAY_WAIT_S = 10.0
 GATEWAY_POLL_S = 0.05
-# Waits between checks for a gateway that went away: quick at first, then every few seconds.
-GATEWAY_RETRY_S = 0.2
-GATEWAY_RETRY_MAX_S = 5.0
 
 
 class Agent:
@@ -75,6 +74,8 @@ class Agent:
         self.stop_now = False
         self.grace_until: float | None = None
         self.lost: str | None = None
+        self.fenced = False  # the run was stopped because the lease could not be renewed (lease.py)
+        self.watch = LeaseWatch(self.book.clock, config.fleet.lease_s, config.fleet.heartbeat_s)
         self.wake = threading.Event()  # the main loop: a signal or a finished task
         self.beat_wake = threading.Event()  # the heartbeat: check the claim now
         self.counts = {"done": 0, "failed": 0}
@@ -105,7 +106,11 @@ class Agent:
                 break
             try:
                 picked = self.claim_next()
-            except StateError as exc:  # disk full, read-only: wait and try again, never crash
+            except StoreUnavailableError as exc:  # Redis down: wait for it, never crash
+                self.notes.warn(f"{exc}; waiting for it before claiming again")
+                await_store(self.store, warn=self.notes.warn, wake=self.wake, stopped=self.is_stopping)
+                continue
+            except TRANSIENT_STORE_ERRORS as exc:  # disk full, read-only: wait and try again, never crash
                 self.notes.warn(f"{exc}; claiming again once it can be written")
                 continue
             if picked is None:
@@ -117,6 +122,7 @@ class Agent:
             self.work(*picked)
             self.wake.set()  # claim the next task at once
         self.publish("stopped")
+        discard_spares(self.config, self.agent_id, self.notes.warn)
         self.notes.event("agent_stopped", agent=self.agent_id, pid=self.holder.pid, **self.counts)
         return 1 if self.until_empty and self.view.has_failed_work() else 0
 
@@ -139,7 +145,8 @@ class Agent:
 
     def work(self, task: Task, claim: Claim) -> None:
         """Run one claimed task with a live heartbeat, then record the outcome (fenced)."""
-        self.current, self.lost, self.child_pid = (task, claim), None, None
+        self.current, self.lost, self.fenced, self.child_pid = (task, claim), None, False, None
+        self.watch = LeaseWatch(self.book.clock, self.config.fleet.lease_s, self.config.fleet.heartbeat_s)
         self.publish("running")
         beat = threading.Thread(target=self._heartbeat, args=(claim,), daemon=True)
         beat.start()
@@ -242,6 +249,10 @@ class Agent:
                 self.counts["done" if self.settled.state == State.DONE else "failed"] += 1
             return
         try:
+            if self.fenced:  # not the task's fault: given back uncounted, once the store answers
+                persist(lambda: self.book.release(claim, reason=f"self-fenced: {self.lost}"), warn=self.notes.warn,
+                        stopped=lambda: self.stop_now)
+                return
             if not result.ok and self.lost is None and self._shutdown_reason() is not None:
                 # Cut short by our own shutdown: not the task's fault, so the attempt is not counted.
                 # A run that finished is recorded below even while stopping, or it would run twice.
@@ -250,14 +261,17 @@ class Agent:
             if not result.ok and result.infra:
                 # The gateway, not the task, failed: give the task back uncounted and wait for it.
                 self.book.release(claim, reason=f"infrastructure: {result.error}")
-                self._await_gateway()
+                self.notes.warn("the gateway is unreachable; waiting for it before claiming again")
+                self.publish("waiting for gateway")
+                await_gateway(self.config, wake=self.wake, stopped=lambda: self._should_stop() is not None)
                 return
             started = time.perf_counter()
-            record = self._persist(lambda: self.book.finish(
+            record = persist(lambda: self.book.finish(
                 claim, ok=result.ok, error=result.error, usage=result.usage, max_attempts=task.max_attempts,
                 backoff_s=retry_backoff_s(self.config.fleet, claim.attempt),
                 extra={"file_hash": task.definition_hash(), "claim_ms": round(self.claim_ms, 3),
-                       "run_ms": round(self.run_ms, 3), **(self.space.fields() if self.space else {})}))
+                       "run_ms": round(self.run_ms, 3), **(self.space.fields() if self.space else {})}),
+                warn=self.notes.warn, stopped=lambda: self.stop_now)
             if record is None:
                 return  # stopped before the disk let us write; the claim's holder is gone, so it is reclaimed
             self.counts["done" if record.state == State.DONE else "failed"] += 1
@@ -269,50 +283,19 @@ class Agent:
             self.notes.warn(f"{exc}; the result of this attempt is discarded")
 
     def _heartbeat(self, claim: Claim) -> None:
-        """Renew the lease every heartbeat_s; on loss, flag it so the runner is stopped."""
-        self.beat_wake.wait(min(self.config.fleet.heartbeat_s, FIRST_BEAT_S))
-        for _ in poll(self.config.fleet.heartbeat_s, wake=self.beat_wake):
-            if self.current is None:
-                return
-            if self.book.pulse():
-                self.notes.warn(f"this process was paused; renewing {claim.task} at once")
-            try:
-                self.book.renew(claim, child_pid=self.child_pid)
-            except ClaimLostError as exc:
-                self.lost = exc.args[0]
-                return
-            except StateError as exc:  # the lease is not renewed; the run goes on, and fencing decides
-                self.notes.warn(f"{exc}; the lease on {claim.task} could not be renewed")
-                continue
-            self.publish("running")
-
-    def _await_gateway(self) -> None:
-        """Wait, with capped backoff, until a gateway answers (or this agent is asked to stop)."""
-        self.notes.warn("the gateway is unreachable; waiting for it before claiming again")
-        self.publish("waiting for gateway")
-        for _ in poll(GATEWAY_RETRY_S, growth=2.0, max_step_s=GATEWAY_RETRY_MAX_S, wake=self.wake):
-            gateway = read_gateway(self.config)
-            if (gateway is not None and gateway.is_healthy()) or self._should_stop():
-                return
-
-    def _persist(self, write: Callable[[], T]) -> T | None:
-        """Write a finished run's outcome, retrying with backoff while the state dir cannot be written.
-
-        A run that finished must never run again because its record could not be
-        written: the write is retried until it succeeds, or until this agent is stopped.
-        """
-        for _ in poll(STATE_RETRY_S, growth=2.0, max_step_s=STATE_RETRY_MAX_S):
-            try:
-                return write()
-            except StateError as exc:
-                self.notes.warn(f"{exc}; the finished run's record is written as soon as it can be")
-            if self.stop_now:
-                return None
-        return None
+        """Renew the lease until the run ends (lease.py); on loss, flag it so the runner is stopped."""
+        lost = keep_alive(self.book, claim, self.watch, wake=self.beat_wake, is_current=lambda: self.current is not None,
+                          child_pid=lambda: self.child_pid, warn=self.notes.warn,
+                          on_renewed=lambda: self.publish("running"))
+        self.lost = self.lost or lost
 
     def _should_stop(self) -> str | None:
         if self.lost:
             return self.lost
+        if self.current is not None and (fence := self.watch.fence_reason()):
+            self.lost, self.fenced = fence, True  # self-fencing: stop before the lease runs out (lease.py)
+            self.notes.warn(f"{self.current[0].id}: {fence}")
+            return fence
         return self._shutdown_reason()
 
     def _shutdown_reason(self) -> str | None:
@@ -339,7 +322,17 @@ class Agent:
         salvage_reclaimed(self.config, self.store, reaped, self.notes.warn)
 
     def _on_spawn(self, pid: int) -> None:
-        self.child_pid = pid  # written into the claim by the next heartbeat
+        """Write the runner's pid into the claim before it runs (it waits at a gate: runners/process.py)."""
+        self.child_pid = pid
+        current = self.current
+        if current is None:
+            return
+        try:
+            self.book.renew(current[1], child_pid=pid)
+        except ClaimLostError as exc:
+            self.lost = self.lost or exc.args[0]
+        except TRANSIENT_STORE_ERRORS as exc:  # the next heartbeat writes it; fencing covers the rest
+            self.notes.warn(f"{exc}; the runner's pid goes into the claim at the next heartbeat")
 
     def _full_resync(self) -> None:
         """Rebuild the view, reap, and put back running records that lost their claim."""
@@ -367,7 +360,7 @@ class Agent:
             "overhead": {k: round(v, 3) for k, v in self.overhead.items()}}
         try:
             self.store.write_agent(self.agent_id, status)
-        except StateError as exc:
+        except TRANSIENT_STORE_ERRORS as exc:
             self.notes.warn(f"{exc}; status shows this agent's last heartbeat until then")
         self._published_at = time.monotonic()
 

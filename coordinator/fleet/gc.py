@@ -18,6 +18,7 @@ from ..config import FleetConfig
 from ..errors import CoordinatorError
 from ..queue.claims import stale_reason
 from ..store import Store
+from . import spares
 from . import worktrees as wt
 from .gitrepo import git, repo_path, rev, worktree_list
 
@@ -26,7 +27,8 @@ def collect(config: FleetConfig, store: Store, *, only: set[str] | None = None,
             dry_run: bool = False) -> dict[str, Any]:
     """Salvage and remove orphaned worktrees, delete landed branches, prune; what was (or would be) done."""
     repo = repo_path(config)
-    report: dict[str, Any] = {"removed": [], "salvaged": [], "branches_deleted": [], "kept": [], "dry_run": dry_run}
+    report: dict[str, Any] = {"removed": [], "salvaged": [], "branches_deleted": [], "kept": [], "spares_removed": [],
+                              "dry_run": dry_run}
     root = wt.worktrees_dir(config)
     for path in registered(repo, root):
         found = wt.NAME.match(path.name)
@@ -42,8 +44,10 @@ def collect(config: FleetConfig, store: Store, *, only: set[str] | None = None,
         if found["gate"]:
             wt.remove_worktree(repo, path)
             continue
-        salvage_one(store, repo, config.workspace.target, path, (task, epoch), report)
+        copied = [source.relative_to(repo).as_posix() for source in wt.copy_sources(config, repo)]
+        salvage_one(store, repo, config.workspace.target, path, (task, epoch), report, copied=copied)
     if only is None:
+        remove_spares(repo, root, report, dry_run)
         delete_landed_branches(store, repo, report, dry_run)
         if not dry_run:
             git(["worktree", "prune"], cwd=repo, check=False)
@@ -61,6 +65,13 @@ def salvage_reclaimed(config: FleetConfig, store: Store, task_ids: Iterable[str]
         warn(f"{exc}; run `coordinator gc` to salvage the reclaimed worktrees")
 
 
+def remove_spares(repo: Path, root: Path, report: dict[str, Any], dry_run: bool) -> None:
+    """Delete the agents' parked worktrees (they hold nothing; an agent makes a new one when it needs it)."""
+    for spare in spares.spares(root):
+        if dry_run or spares.discard(repo, spare, root / ".discard" / spare.name):
+            report["spares_removed"].append(str(spare))
+
+
 def registered(repo: Path, root: Path) -> list[Path]:
     """The worktrees git knows under ``root``."""
     out = worktree_list(repo)
@@ -75,19 +86,26 @@ def is_live(store: Store, task: str, epoch: int) -> bool:
 
 
 def salvage_one(store: Store, repo: Path, target: str, path: Path, claim: tuple[str, int],
-                report: dict[str, Any]) -> None:
-    """Save an orphan's work (committed and uncommitted) under a salvage ref, then remove its worktree."""
+                report: dict[str, Any], *, copied: list[str] | None = None) -> None:
+    """Save an orphan's work (committed and uncommitted) under a salvage ref, then remove its worktree.
+
+    A worktree whose changes could not be committed (an ``index.lock`` left by a
+    killed ``git commit``) is kept, never deleted, and reported as kept.
+    """
     task, epoch = claim
     branch = wt.branch_name(task, epoch)
     record = store.read_record(task)
     landed = record is not None and record.landed is not None and record.branch == branch
     base = (record.base if record and record.branch == branch else None) or merge_base(repo, target, branch)
-    ws = wt.Workspace(repo=repo, path=path, branch=branch, base=base or "", task=task, epoch=epoch)
+    ws = wt.Workspace(repo=repo, path=path, branch=branch, base=base or "", task=task, epoch=epoch,
+                      copied=copied or [])
     ref = None if landed else wt.salvage(ws, f"salvage: {task} at epoch {epoch} (orphaned worktree)")
-    wt.remove_worktree(repo, path)
     if ref is not None:
         report["salvaged"].append({"task": task, "epoch": epoch, "ref": ref, "commit": ws.tip})
         store.append_event("salvaged", task=task, epoch=epoch, ref=ref, commit=ws.tip)
+    if not wt.release(ws, landed=False):
+        report["removed"].remove(str(path))
+        report["kept"].append(str(path))
     if landed:
         wt.delete_branch(repo, branch)
         report["branches_deleted"].append(branch)

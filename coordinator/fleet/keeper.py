@@ -82,7 +82,7 @@ class GatewayKeeper:
         if self.handle is None and info is not None and (self.started or info.is_healthy()):
             self.started = True
             return
-        from ..gateway.server import start_in_thread  # noqa: PLC0415  (aiohttp: only when we serve)
+        from ..gateway.server import start_in_thread
 
         restarting = self.started
         if self.handle is not None:

@@ -26,7 +26,8 @@ from typing import Any
 
 from ..clock import poll
 from ..config import AgentConfig, FleetConfig
-from ..errors import ClaimLostError, CoordinatorError, GitError
+from ..errors import ClaimLostError, ConfigError, CoordinatorError, GitError
+from ..liveness import HOST
 from ..runners import RunResult
 from ..store import Claim, Record, Store
 from ..tasks import Task
@@ -66,6 +67,24 @@ def open_workspace(config: FleetConfig, store: Store, task: Task, claim: Claim, 
     return space
 
 
+def require_one_host(config: FleetConfig, store: Store, now: float) -> None:
+    """Worktree mode on a shared store: every live agent must be on this host (DESIGN §13).
+
+    Landing moves a branch of a repository on this host; an agent on another host
+    would land on a different repository. Landing across hosts through a shared
+    remote is later work, so it is refused at start with its fix.
+    """
+    if config.workspace.mode != "worktree" or config.fleet.state == "file":
+        return
+    for agent in store.read_agents():
+        alive = agent.get("state") != "stopped" and now - float(agent.get("heartbeat_at", 0)) <= config.fleet.lease_s
+        if alive and agent.get("host") not in (None, HOST):
+            raise ConfigError(f"[workspace] mode = \"worktree\" lands on a repository of one host, so with a "
+                              f"shared state store every agent must run there; agent {agent.get('id')} runs on "
+                              f"{agent.get('host')}. Run the agents on one host, or set mode = \"shared\"",
+                              path=config.config_path, key="workspace.mode")
+
+
 class ClaimWorkspace:
     """The worktree of one claim, from creation to landing or salvage."""
 
@@ -92,7 +111,7 @@ class ClaimWorkspace:
     def open(self, env: dict[str, str], should_stop: Callable[[], str | None]) -> str | None:
         """Create the worktree, copy and run setup; None when ready, else why not."""
         with self.timed("create"):
-            self.ws = wt.create(self.config, self.task.id, self.claim.epoch)
+            self.ws = wt.create(self.config, self.task.id, self.claim.epoch, agent=self.claim.agent)
         # On the claim from the start, so whoever finds it (status, a takeover) knows where it began.
         self.claim.base, self.claim.branch = self.ws.base, self.ws.branch
         self.store.renew(self.claim)
@@ -232,23 +251,23 @@ class ClaimWorkspace:
         if self.ws is None:
             return
         with self.timed("cleanup"):
-            self._remove()
+            released = self._remove()
         self.store.append_event("workspace_closed", task=self.task.id, epoch=self.claim.epoch, landed=self.landed,
                                 steps_ms={k: round(v, 3) for k, v in self.steps_ms.items()})
+        if not released:
+            raise CoordinatorError(f"{self.ws.path} holds changes that could not be committed, so it is kept")
 
-    def _remove(self) -> None:
-        """A landed branch goes with its worktree; anything unlanded is kept under a salvage ref first."""
+    def _remove(self) -> bool:
+        """A landed branch goes with its worktree; anything unlanded is kept under a salvage ref first.
+
+        False when the worktree holds changes that could not be committed: it stays.
+        """
         ws = self.ws
         assert ws is not None
-        if wt.gate_path(ws).exists():  # the candidate it held is rebuilt from the tip, which is kept below
-            wt.remove_worktree(ws.repo, wt.gate_path(ws))
-        if self.landed:
-            wt.remove_worktree(ws.repo, ws.path, branch=ws.branch)
-            return
-        ref = wt.salvage(ws, f"salvage: {self.task.id} at epoch {self.claim.epoch}")
-        wt.remove_worktree(ws.repo, ws.path)
+        ref = None if self.landed else wt.salvage(ws, f"salvage: {self.task.id} at epoch {self.claim.epoch}")
         if ref is not None:
             self.store.append_event("salvaged", task=self.task.id, epoch=self.claim.epoch, ref=ref, commit=ws.tip)
+        return wt.release(ws, landed=self.landed)  # a gate worktree's candidate is rebuilt from the tip, kept above
 
 
 def carry_conflict(config: FleetConfig, record: Record | None, run: Path) -> Path | None:

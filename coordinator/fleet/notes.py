@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from ..errors import StateError
+from ..errors import TRANSIENT_STORE_ERRORS
 from ..store import Store
 
 WARN_EVERY_S = 30.0
@@ -27,10 +27,10 @@ class Notes:
         self._said: dict[str, float] = {}
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Append an event that changes no state; a full disk turns it into a warning."""
+        """Append an event that changes no state; a full disk or an unreachable store makes it a warning."""
         try:
             self.store.append_event(kind, **fields)
-        except StateError as exc:
+        except TRANSIENT_STORE_ERRORS as exc:
             self.warn(str(exc))
 
     def warn(self, message: str) -> None:

@@ -24,14 +24,15 @@ from typing import Any, Protocol
 from ..atomic import PRIVATE_DIR, USER_UMASK_ENV, private_umask
 from ..clock import poll
 from ..config import FleetConfig
-from ..errors import StateError
-from ..queue.claims import ClaimBook
+from ..errors import TRANSIENT_STORE_ERRORS
 from ..provider_keys import without_secrets
+from ..queue.claims import ClaimBook
 from ..store import open_store
-from ..tasks.cache import load_cached
+from ..queue.taskfiles import SharedTaskFiles
+from ..tasks.cache import open_index
 from .gc import salvage_reclaimed
-from .notes import Notes
 from .keeper import GatewayKeeper, hold_fleet
+from .notes import Notes
 
 TICK_S = 0.5
 STAGGER_S = 0.3
@@ -74,6 +75,7 @@ class Supervisor:
         self.stopping: str | None = None
         self.started_at = time.monotonic()
         self.notes = Notes(self.store, "coordinator run")
+        self.store_down = False  # the last tick could not reach the state store
         self.logs_dir = config.state_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         self.user_umask = private_umask()  # state, logs and the gateway's files are the user's alone
@@ -130,13 +132,18 @@ class Supervisor:
         if self.book.pulse():
             self.notes.event("fleet_paused", reason="the supervisor itself was stopped; every holder "
                                                            "gets one lease to renew")
-        for slot in self.agents:
-            self._check(slot, now)
         try:
+            for slot in self.agents:
+                self._check(slot, now)
             reaped = self.book.reap_stale(self._max_attempts)
             salvage_reclaimed(self.config, self.store, reaped, self.notes.warn)  # workspaces: save their work
-        except StateError as exc:  # disk full, read-only: the next tick tries again
-            self.notes.warn(str(exc))
+        except TRANSIENT_STORE_ERRORS as exc:  # disk full, read-only, the store down: the next tick tries again
+            self.notes.warn(f"{exc}; agents wait for it")
+            self.store_down = True
+        else:
+            if self.store_down:  # heartbeats could not be written meanwhile: none of them proves a hang
+                self.store_down = False
+                self.book.grant_grace()
         self.on_tick(self)
 
     def _check(self, slot: AgentProc, now: float) -> None:
@@ -191,7 +198,11 @@ class Supervisor:
             for proc in live:
                 _signal(proc, sig)
             _wait_all(live, wait_s, self.on_tick_safe)
-        released = self.book.release_dead(reason="fleet stopped")
+        try:
+            released = self.book.release_dead(reason="fleet stopped")
+        except TRANSIENT_STORE_ERRORS as exc:  # their claims expire by lease instead
+            self.notes.warn(f"{exc}; the claims of stopped agents expire by lease")
+            return
         salvage_reclaimed(self.config, self.store, released, self.notes.warn)
 
     def on_tick_safe(self) -> None:
@@ -199,7 +210,7 @@ class Supervisor:
         self.on_tick(self)
 
     def _max_attempts(self, task_id: str) -> int:
-        task = load_cached(self.config).tasks.get(task_id)
+        task = SharedTaskFiles(self.store, open_index(self.config)).refresh().tasks.get(task_id)
         return task.max_attempts if task else 1
 
     def agent_pids(self) -> dict[str, int | None]:
@@ -261,4 +272,6 @@ def run_fleet(config: FleetConfig, options: FleetOptions, make_display: Callable
     if supervisor.stopping is not None:
         return EXIT_SIGNALS.get(supervisor.stopping, 1)
     counts = status["tasks"]
+    if not counts:  # the store could not be read at the end: nothing proves the work is done
+        return 1
     return 1 if counts["failed"] or counts["blocked"] or counts["invalid"] or counts["pending"] else 0

@@ -25,6 +25,7 @@ from ..config import FleetConfig
 from ..errors import GitError
 from ..paths import confine
 from ..runners.process import run_process
+from . import spares
 from .gitrepo import git, repo_lock, repo_path, rev, worktree_list
 from .workspace import read_tail
 
@@ -46,6 +47,7 @@ class Workspace:
     tip: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     copied: list[str] = field(default_factory=list)  # ``copy`` files (.env, …): never committed
+    spare: Path | None = None  # where the agent parks this worktree for its next claim (spares.py)
 
     def fields(self) -> dict[str, str | None]:
         """What the task record keeps of it."""
@@ -92,21 +94,34 @@ def exclude_state(config: FleetConfig, repo: Path) -> None:
         path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + line + "\n", encoding="utf-8")
 
 
-def create(config: FleetConfig, task_id: str, epoch: int) -> Workspace:
-    """A new worktree and branch at the target's current commit (under the repository lock), then ``copy``."""
+def create(config: FleetConfig, task_id: str, epoch: int, *, agent: str | None = None) -> Workspace:
+    """A worktree and branch at the target's current commit (under the repository lock), then ``copy``.
+
+    With an ``agent``, its spare from the last claim is reused when there is one (spares.py).
+    """
     repo = repo_path(config)
     target = config.workspace.target
     path, branch = worktrees_dir(config) / f"{task_id}-e{epoch}", branch_name(task_id, epoch)
+    spare = spares.spare_path(worktrees_dir(config), agent) if agent is not None else None
     with repo_lock(repo):
         base = rev(repo, f"refs/heads/{target}")
         if base is None:
             raise GitError(["git", "rev-parse", target], 128, f"branch {target!r} is gone from {repo}")
         exclude_state(config, repo)
         path.parent.mkdir(parents=True, exist_ok=True)
-        git(["worktree", "add", "--quiet", "--no-checkout", "--no-track", "-b", branch, str(path), base], cwd=repo)
-    populate(path)
+        reused = spares.take(repo, spare, path)
+        if reused:
+            git(["branch", "--no-track", branch, base], cwd=repo)
+        else:
+            git(["worktree", "add", "--quiet", "--no-checkout", "--no-track", "-b", branch, str(path), base],
+                cwd=repo)
+    if reused:
+        spares.refresh(path, branch=branch)
+    else:
+        populate(path)
     copied = copy_files(config, repo, path)
-    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch, copied=copied)
+    return Workspace(repo=repo, path=path, branch=branch, base=base, task=task_id, epoch=epoch, copied=copied,
+                     spare=spare)
 
 
 def populate(path: Path) -> None:
@@ -121,17 +136,25 @@ def populate(path: Path) -> None:
     git(["read-tree", "-u", "--reset", "HEAD"], cwd=path)
 
 
-def copy_files(config: FleetConfig, repo: Path, path: Path) -> list[str]:
-    """Copy the ``copy`` globs (untracked files such as ``.env``) from the primary checkout; their paths."""
-    copied = []
+def copy_sources(config: FleetConfig, repo: Path) -> list[Path]:
+    """The primary checkout's files that the ``copy`` globs name (untracked files such as ``.env``)."""
+    sources = []
     for pattern in config.workspace.copy_globs:
         for match in sorted(glob.glob(pattern, root_dir=repo, recursive=True)):
             source = confine(repo, match, what="workspace.copy")
             if source.is_file():
-                dest = path / source.relative_to(repo)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, dest)
-                copied.append(source.relative_to(repo).as_posix())
+                sources.append(source)
+    return sources
+
+
+def copy_files(config: FleetConfig, repo: Path, path: Path) -> list[str]:
+    """Copy the ``copy`` files from the primary checkout into the worktree; their paths."""
+    copied = []
+    for source in copy_sources(config, repo):
+        dest = path / source.relative_to(repo)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+        copied.append(source.relative_to(repo).as_posix())
     return copied
 
 
@@ -210,14 +233,33 @@ def prepare_gate(ws: Workspace, commit: str) -> Path:
     ``clean -fdx`` leaves nothing of the last gate run behind. ``close`` removes it.
     """
     path = gate_path(ws)
-    if (path / ".git").exists():
-        git(["checkout", "--quiet", "--force", "--detach", commit], cwd=path)
-        git(["clean", "-fdxq"], cwd=path)
-        return path
-    with repo_lock(ws.repo):
-        git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit], cwd=ws.repo)
-    populate(path)
+    if not (path / ".git").exists():
+        with repo_lock(ws.repo):
+            reused = spares.take(ws.repo, spares.gate_spare(ws.spare) if ws.spare else None, path)
+            if not reused:
+                git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(path), commit], cwd=ws.repo)
+        if not reused:
+            populate(path)
+            return path
+    spares.refresh(path, commit=commit)
     return path
+
+
+def release(ws: Workspace, *, landed: bool) -> bool:
+    """Park the worktree and its gate worktree as the agent's spares, or remove them; the landed branch goes.
+
+    The caller has saved the work (landed, or under a salvage ref). A worktree
+    whose ``status`` still shows a change (a commit that failed) is kept where it
+    is, never deleted: False, and ``gc`` tries again.
+    """
+    gate, branch = gate_path(ws), ws.branch if landed else None
+    if gate.exists() and (ws.spare is None or not spares.park(ws.repo, gate, spares.gate_spare(ws.spare))):
+        remove_worktree(ws.repo, gate)
+    if not spares.is_clean(ws.path, ws.copied):
+        return False
+    if ws.spare is None or not spares.park(ws.repo, ws.path, ws.spare, branch=branch):
+        remove_worktree(ws.repo, ws.path, branch=branch)
+    return True
 
 
 def checkout_of(repo: Path, branch: str) -> Path | None:
@@ -259,6 +301,20 @@ def move_target(repo: Path, target: str, new: str, old: str) -> tuple[str | None
         return new, None
     last = (result.stderr.strip().splitlines() or ["merge --ff-only failed"])[-1]
     return None, f"cannot fast-forward {checkout}: {last}; clean it and the landing proceeds"
+
+
+def discard_spares(config: FleetConfig, agent: str, warn: Callable[[str], None]) -> None:
+    """Delete an agent's spares as it stops: a stopped fleet leaves no checkout behind."""
+    if config.workspace.mode != "worktree":
+        return
+    root = worktrees_dir(config)
+    spare = spares.spare_path(root, agent)
+    for path in (spare, spares.gate_spare(spare)):
+        try:
+            if path.exists():
+                spares.discard(repo_path(config), path, root / ".discard" / path.name)
+        except (GitError, OSError) as exc:
+            warn(f"{exc}; `coordinator gc` removes the spare worktree {path}")
 
 
 def remove_worktree(repo: Path, path: Path, *, branch: str | None = None) -> None:

@@ -109,7 +109,7 @@ class Gateway:
         app.router.add_get("/v1/coordinator/stats", self._stats)
         app.router.add_get("/v1/coordinator/usage/{task_id}", self._usage)
         self.api = mount_task_api(app, self.config, self.proxy.authenticate,
-                                  lambda: self.ledger.check_budget(None, None, None))
+                                  lambda: self.ledger.check_budget(None, None, None), self.clock)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 

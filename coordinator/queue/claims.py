@@ -94,6 +94,10 @@ class ClaimBook:
             self._grace_until = now + self.lease_s
         return paused
 
+    def grant_grace(self) -> None:
+        """Give every holder one lease to renew (after an outage of the store no heartbeat could cross)."""
+        self._grace_until = self.clock.boot() + self.lease_s
+
     def in_grace(self) -> bool:
         """Whether expired leases are being given time to renew after this process was paused."""
         return self.clock.boot() < self._grace_until

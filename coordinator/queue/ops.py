@@ -22,6 +22,7 @@ from ..config import FleetConfig
 from ..errors import ConfigError, TaskError
 from ..liveness import HOST, process_is_alive
 from ..store import Record, open_store
+from .taskfiles import publish_written
 from ..tasks import InvalidFile, State, Task, TaskSet
 from ..tasks.cache import load_cached
 from ..tasks.model import ID_RULE, PRIORITY_NAMES, is_valid_id, priority_number
@@ -66,6 +67,7 @@ def add_task(config: FleetConfig, prompt: str, *, task_id: str | None = None, pr
     _tasks_folder(config)
     if not write_new_file(path, tomli_w.dumps(data).encode("utf-8")):  # the stem is the id: no id key needed
         raise TaskError(f"tasks/{name}.toml already exists; pick another --id", task_id=name)
+    publish_written(config, [path])
     return path
 
 
@@ -118,6 +120,7 @@ def write_prepared(config: FleetConfig, prepared: list[Prepared]) -> list[bool]:
             raise TaskError(f"{item.path.name} was written by someone else meanwhile; pick another id",
                             task_id=item.task_id)
         created.append(made)
+    publish_written(config, [item.path for item, made in zip(prepared, created) if made])
     return created
 
 

@@ -20,6 +20,7 @@ from ..config import FleetConfig
 from ..store import Record, Store
 from ..tasks import State, Task, TaskSet
 from ..tasks.cache import open_index, save_index
+from .taskfiles import SharedTaskFiles
 
 RESCAN_EVERY_S = 2.0
 STORE_TIME_EVERY_S = 0.5
@@ -44,6 +45,7 @@ class QueueView:
         self.store = store
         self.clock = clock
         self.index = open_index(config)
+        self.files = SharedTaskFiles(store, self.index)  # every host's task files, on a shared store
         self.taskset: TaskSet = TaskSet(tasks={}, invalid=[], blocked={}, dependents={})
         self.states: dict[str, State] = {}
         self.heap: list[tuple[tuple, str]] = []
@@ -58,7 +60,7 @@ class QueueView:
         # Take the feed's end before reading records: a change made in between is
         # then both in the records and replayed from the feed, which is harmless.
         self.cursor = self.store.event_cursor()
-        self.taskset = self.index.refresh()
+        self.taskset = self.files.refresh()
         save_index(self.config, self.index)
         self._scanned_at = self.clock.now()
         records = self.store.iter_records() if records is None else records
@@ -79,7 +81,7 @@ class QueueView:
         if self.clock.now() - self._scanned_at < RESCAN_EVERY_S:
             return
         before = set(self.taskset.tasks)
-        self.taskset = self.index.refresh()
+        self.taskset = self.files.refresh()
         self._scanned_at = self.clock.now()
         for task_id in self.taskset.tasks.keys() - before:
             self._push_if_ready(task_id)

@@ -17,13 +17,37 @@ from ..gateway.accounting import STAT_KEYS
 from ..gateway.client import gateway_path, read_gateway, stats_path
 from ..liveness import HOST, process_is_alive
 from ..queue.claims import stale_reason
+from ..errors import StoreUnavailableError
 from ..store import Store, open_store
 from .rows import FleetSnapshot, snapshot
 
 
 def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = None,
                  store: Store | None = None) -> dict[str, Any]:
-    """The whole report as the stable JSON shape of `status --json`, as of wall time ``now``."""
+    """The whole report as the stable JSON shape of `status --json`, as of wall time ``now``.
+
+    An unreachable state store is a report too (``store_outage``): agents wait it out, and so does status.
+    """
+    try:
+        return fleet_status(config, now, snap, store)
+    except StoreUnavailableError as exc:
+        return store_outage(config, exc)
+
+
+def store_outage(config: FleetConfig, exc: StoreUnavailableError) -> dict[str, Any]:
+    """What can be said while the state store cannot be reached: that, and the gateway."""
+    problems = [f"the state store at {exc.url} is unreachable; agents are waiting for it and resume when it answers"]
+    gateway = gateway_status(config)
+    if gateway.get("unreachable"):
+        problems.append("gateway unreachable")
+    return {"tasks": {}, "agents": [], "gateway": gateway, "stale_claims": [], "invalid_files": [],
+            "healthy": False, "problems": problems, "paused": False,
+            "store": {"url": exc.url, "reachable": False, "error": str(exc)}}
+
+
+def fleet_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = None,
+                 store: Store | None = None) -> dict[str, Any]:
+    """The report, read from a store that answers."""
     store = store or open_store(config)
     snap = snap or snapshot(config, store)
     claims_by_agent = {c.agent: c for c in snap.claims}

@@ -9,6 +9,7 @@ printing gigabytes cannot deadlock on a full pipe.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,11 @@ from ..clock import poll
 
 POLL_S = 0.05
 KILL_GRACE_S = 2.0
+# With ``on_spawn``, the child waits at this gate until the caller has been told its pid (and
+# has written it into the claim): an agent killed in between closes the pipe, and the child
+# exits 125 having run nothing, so no runner is ever left that a takeover cannot find and
+# kill. The script is fixed; the task's argv only ever reaches it as "$@", never as text.
+GATE = 'fd=$1; shift; read -r go <&"$fd"; [ "$go" = go ] || exit 125; eval "exec $fd<&-"; exec "$@"'
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,25 @@ def run_process(argv: Sequence[str], *, cwd: Path | int, env: Mapping[str, str],
     fds: tuple[int, ...] = ()
     if isinstance(cwd, int):
         cwd, fds = f"/proc/self/fd/{cwd}", (cwd,)
+    if on_spawn is not None and "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
+        return ProcessResult(None, error=f"cannot start {argv[0]!r}: No such file or directory")
+    gate_r, gate_w = os.pipe() if on_spawn is not None else (-1, -1)
+    full = ["/bin/sh", "-c", GATE, "coordinator-gate", str(gate_r), *argv] if on_spawn is not None else list(argv)
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
         try:
-            proc = subprocess.Popen(list(argv), cwd=cwd, pass_fds=fds, env=dict(env), stdin=subprocess.DEVNULL,
-                                    umask=int(env.get(USER_UMASK_ENV, "-1"), 8),
+            proc = subprocess.Popen(full, cwd=cwd, pass_fds=fds + ((gate_r,) if gate_r >= 0 else ()), env=dict(env),
+                                    stdin=subprocess.DEVNULL, umask=int(env.get(USER_UMASK_ENV, "-1"), 8),
                                     stdout=out, stderr=err, start_new_session=True)
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            _close(gate_r, gate_w)
             return ProcessResult(None, error=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
         if on_spawn is not None:
-            on_spawn(proc.pid)
+            os.close(gate_r)
+            try:
+                on_spawn(proc.pid)
+            finally:
+                os.write(gate_w, b"go\n")
+                os.close(gate_w)
         for _ in poll(POLL_S, timeout_s=timeout_s, wait=lambda s: _wait_exit(proc, s)):
             code = proc.poll()
             if code is not None:
@@ -79,6 +95,12 @@ def run_process(argv: Sequence[str], *, cwd: Path | int, env: Mapping[str, str],
             return ProcessResult(proc.returncode)
         kill_group(proc)
         return ProcessResult(proc.returncode, timed_out=True)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _wait_exit(proc: subprocess.Popen, seconds: float) -> None:

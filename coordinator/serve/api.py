@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..clock import REAL_CLOCK, Clock
 from ..config import FleetConfig
 from ..errors import BudgetError, ConfigError, QueueFullError, TaskError
 from ..fleet.workspace import runs_root
@@ -29,7 +30,8 @@ from ..tasks.cache import load_cached
 from . import access
 from .access import ANY, FLEET, OWN_TASK, error, reply
 from .admission import Admission
-from .models import AcceptedBatch, ErrorBody, StatusReport, TaskAction, TaskDetail, TaskPage, render
+from .models import AcceptedBatch, ErrorBody, LoginCode, StatusReport, TaskAction, TaskDetail, TaskPage, render
+from .sessions import Sessions
 from .streams import SSE, Streams, TaskPosition, decode_feed_id
 from .tailer import Tailer
 
@@ -79,23 +81,27 @@ ROUTES = (
           {200: "sse-fleet", **_error_statuses(400)}, query=(_FOLLOW, _LAST_ID)),
     Route("GET", "/status", "status", FLEET, "`coordinator status --json`", {200: StatusReport, **_error_statuses()}),
     Route("GET", "/openapi.json", "openapi", ANY, "This document", {200: "openapi", **_error_statuses()}),
+    Route("POST", "/login-codes", "login_code", FLEET, "A one-time login link to the web dashboard (`coordinator ui`)",
+          {200: LoginCode, **_error_statuses()}),
 )
 
 
 class TaskApi:
-    """The task API of one server: its config, store, tailer and admission."""
+    """The task API of one server: its config, store, tailer, admission and dashboard sessions."""
 
-    def __init__(self, config: FleetConfig, check_budget: Callable[[], None]) -> None:
+    def __init__(self, config: FleetConfig, check_budget: Callable[[], None], clock: Clock = REAL_CLOCK) -> None:
         self.config = config
         self.store = open_store(config)
         self.tailer = Tailer(self.store, lambda task_id: runs_root(config, task_id))
         self.streams = Streams(self.store, self.tailer, lambda task_id: runs_root(config, task_id))
         self.admission = Admission(config, check_budget)
+        self.sessions = Sessions(clock)
 
     def mount(self, app: web.Application, authenticate: access.Authenticate) -> None:
-        """Add every route of ``ROUTES`` to ``app``, each behind its access check."""
+        """Add every route of ``ROUTES`` to ``app``, each behind its access check (a token or a dashboard session)."""
         for route in ROUTES:
-            handler = access.guarded(getattr(self, route.handler), route.scope, authenticate)
+            handler = access.guarded(getattr(self, route.handler), route.scope, authenticate,
+                                     self.sessions.is_signed_in)
             app.router.add_route(route.method, PREFIX + route.path, handler)
 
         async def stop_tailer(_: web.Application) -> None:
@@ -194,6 +200,12 @@ class TaskApi:
     async def status(self, request: web.Request) -> web.Response:
         report = await asyncio.to_thread(build_status, self.config, time.time())
         return reply(200, render(StatusReport, report))
+
+    async def login_code(self, request: web.Request) -> web.Response:
+        code = self.sessions.mint_code()
+        data = {"url": f"http://{request.host}/ui/login?code={code}", "code": code,
+                "expires_in_s": self.sessions.code_ttl_s}
+        return reply(200, render(LoginCode, data))
 
     async def openapi(self, request: web.Request) -> web.Response:
         from .openapi import document  # noqa: PLC0415

@@ -55,8 +55,8 @@ class ErrorDetail(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="invalid_task, invalid_request, unauthorized, forbidden, bad_host, not_found, "
-                                  "conflict, queue_full, budget_exhausted")
+    type: str = Field(description="invalid_task, invalid_request, unauthorized, forbidden, bad_host, bad_origin, "
+                                  "not_found, conflict, queue_full, budget_exhausted")
     message: str
     field: str | None = Field(None, description="the task-file key at fault (invalid_task)")
     policy: dict[str, Any] | None = Field(None, description="the admission limit that refused (429)")
@@ -97,6 +97,14 @@ class TaskAction(_Body):
 
     task_id: str
     state: StateName
+
+
+class LoginCode(_Body):
+    """A one-time dashboard login link (``coordinator ui`` prints ``url``)."""
+
+    url: str = Field(description="open it in a browser once, within expires_in_s, to sign in to /ui/")
+    code: str
+    expires_in_s: float
 
 
 class StatusReport(BaseModel):

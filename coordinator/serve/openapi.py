@@ -14,10 +14,11 @@ from pydantic.json_schema import models_json_schema
 
 from ..tasks.schema import task_json_schema
 from .api import PREFIX, ROUTES, Route
-from .models import FRAMES, Accepted, AcceptedBatch, ErrorBody, StatusReport, TaskAction, TaskDetail, TaskPage
+from .models import (FRAMES, Accepted, AcceptedBatch, ErrorBody, LoginCode, StatusReport, TaskAction, TaskDetail,
+                     TaskPage)
 
 _REF = "#/components/schemas/{model}"
-_MODELS = (Accepted, AcceptedBatch, ErrorBody, TaskPage, TaskDetail, TaskAction, StatusReport, *FRAMES)
+_MODELS = (Accepted, AcceptedBatch, ErrorBody, TaskPage, TaskDetail, TaskAction, StatusReport, LoginCode, *FRAMES)
 _SSE_DOC = ("text/event-stream. Every frame has an id; reconnect with Last-Event-ID to resume with no gap and "
             "no repeat. Task streams send `state` (StateFrame), `output` (OutputFrame), `usage` (UsageFrame), "
             "then `end` (EndFrame); the fleet stream sends each event-log line as an unnamed frame. "

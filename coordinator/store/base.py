@@ -19,7 +19,7 @@ this package is the only constructor callers use.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -245,3 +245,17 @@ class Store(ABC):
     @abstractmethod
     def read_agents(self) -> list[dict[str, Any]]:
         """Every agent's last published status, by agent id."""
+
+    # -- task files across hosts (DESIGN §13) -----------------------------------
+
+    # Whether hosts that do not share a disk share this store (Redis): then each host
+    # publishes its task files' texts and reads the others' (queue/taskfiles.py).
+    shares_task_files = False
+
+    def share_task_files(self, files: Mapping[str, tuple[str, int, str]]) -> int:
+        """Publish task files (source → (sha256, mtime_ns, text)), idempotent by hash; how many changed."""
+        return 0
+
+    def read_task_files(self, known_version: int | None) -> tuple[int, dict[str, tuple[str, int, str]] | None]:
+        """(version, every shared file), or (version, None) when nothing changed since ``known_version``."""
+        return 0, None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
                       key="fleet.state") from exc
 
 SCRIPTS = ("claim", "renew", "finish", "release", "requeue", "reclaim", "cancel", "retry", "repair",
-           "land_begin", "land_end", "set_paused", "note")
+           "land_begin", "land_end", "set_paused", "note", "share_files")
 # How often an operation re-asks while a landing holds its task (a landing moves one git ref).
 LANDING_POLL_S = 0.005
 LANDING_WAIT_S = 600.0
@@ -55,6 +55,7 @@ class Keys:
         self.incarnation, self.events, self.leases = (self.prefix + k for k in ("incarnation", "events", "leases"))
         self.paused, self.landing, self.records = (self.prefix + k for k in ("paused", "landing", "records"))
         self.agents = self.prefix + "agents"
+        self.files = [self.prefix + k for k in ("files:hash", "files:text", "files:version")]
 
     def task(self, task_id: str) -> str:
         """The hash of one task's record and claim."""
@@ -135,6 +136,32 @@ class RedisStore(Store):
     def append_event(self, kind: str, **fields: Any) -> None:
         self._run("note", None, {"kind": kind, "body": json.dumps(fields, default=str)})
 
+    # -- task files across hosts ---------------------------------------------------
+
+    shares_task_files = True
+
+    def share_task_files(self, files: Mapping[str, tuple[str, int, str]]) -> int:
+        rows = [[source, digest, str(mtime_ns), text] for source, (digest, mtime_ns, text) in files.items()]
+        now = "" if self.clock is None else repr(round(self.clock.wall(), 6))
+        with self._talking():
+            return int(self._scripts["share_files"](keys=self.keys.common() + self.keys.files,
+                                                    args=[self.incarnation, now, json.dumps({"files": rows})]))
+
+    def read_task_files(self, known_version: int | None) -> tuple[int, dict[str, tuple[str, int, str]] | None]:
+        hashes, texts, version_key = self.keys.files
+        with self._talking():
+            version = int(self.client.get(version_key) or 0)
+            if version == known_version:
+                return version, None
+            with self.client.pipeline(transaction=True) as pipe:
+                stamps, bodies, version = pipe.hgetall(hashes).hgetall(texts).get(version_key).execute()
+        files = {}
+        for source, stamp in stamps.items():
+            digest, _, mtime_ns = stamp.partition(" ")
+            if source in bodies:
+                files[source] = (digest, int(mtime_ns or 0), bodies[source])
+        return int(version or 0), files
+
     def claim(self, task_id: str, holder: Holder, *, lease_s: float) -> Claim | None:
         reply = self._run("claim", task_id, {
             "task": task_id, "agent": holder.agent, "pid": holder.pid, "pid_started_at": _f(holder.pid_started_at),
@@ -145,7 +172,8 @@ class RedisStore(Store):
     def renew(self, claim: Claim, *, child_pid: int | None = None,
               child_started_at: float | None = None) -> Claim:
         reply = self._fenced("renew", claim, "renew", {
-            "child_pid": child_pid, "child_started_at": None if child_started_at is None else _f(child_started_at)})
+            "child_pid": child_pid, "child_started_at": None if child_started_at is None else _f(child_started_at),
+            "base": claim.base, "branch": claim.branch})
         renewed = split(claim.task, reply[1])[1]
         assert renewed is not None  # the script just wrote it
         return renewed

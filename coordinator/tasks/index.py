@@ -39,6 +39,10 @@ class TaskIndex:
         self._files: dict[str, _Cached] = {}
         self._taskset: TaskSet | None = None
         self.dirty = False  # parsed something since prime(): worth saving (taskcache.py)
+        self.local: dict[str, tuple[str, tuple[Any, ...]]] = {}  # this disk's files at the last refresh
+        # Files other hosts shared through the store (source → (sha256, mtime_ns, text)); a file
+        # on this disk under the same source wins (queue/taskfiles.py).
+        self.shared: dict[str, tuple[str, int, str]] = {}
 
     def export(self) -> tuple[dict[str, _Cached], TaskSet | None]:
         """The parsed files by source path and the TaskSet built from them, for the persistent cache."""
@@ -57,6 +61,10 @@ class TaskIndex:
         """The current TaskSet; re-parses only new or changed files (shared object: do not mutate)."""
         with no_gc():
             found = scan_folder(self.tasks_dir, self.prefix, self.parser.root)
+            self.local = found
+            shared = {source: (source, ("shared", digest, mtime_ns))
+                      for source, (digest, mtime_ns, _) in self.shared.items() if source not in found}
+            found = {**found, **shared}
             changed = self._taskset is None or found.keys() != self._files.keys()
             now = time.time_ns()
             files: dict[str, _Cached] = {}
@@ -65,8 +73,8 @@ class TaskIndex:
                 if old is not None and old.key == key and not old.racy:
                     files[source] = old
                     continue
-                result = self.parser.parse(path, source, key)
-                files[source] = _Cached(key, result, len(key) == 3 and abs(now - key[0]) < RACY_NS)
+                result = self._parse(path, source, key)
+                files[source] = _Cached(key, result, _is_stat(key) and abs(now - key[0]) < RACY_NS)
                 self.dirty = True
                 changed = changed or old is None or old.result != result
             self.dirty = self.dirty or files.keys() != self._files.keys()
@@ -76,6 +84,14 @@ class TaskIndex:
                 self._taskset = build_taskset(ordered, self.parser.locate)
         assert self._taskset is not None
         return self._taskset
+
+
+    def _parse(self, path: str, source: str, key: tuple[Any, ...]) -> FileResult:
+        """A file on this disk, or one another host shared (its text came through the store)."""
+        if key[0] != "shared":
+            return self.parser.parse(path, source, key)  # a stat key, or an error's (parse.py)
+        stem = os.path.splitext(os.path.basename(source))[0]
+        return self.parser.parse_text(source, self.shared[source][2], stem, mtime_ns=key[2])
 
 
 @contextmanager
@@ -89,6 +105,11 @@ def no_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _is_stat(key: tuple[Any, ...]) -> bool:
+    """A file read from this disk: (mtime_ns, size, inode)."""
+    return len(key) == 3 and isinstance(key[0], int)
 
 
 @dataclass
@@ -255,6 +276,11 @@ def stat_key(entry: os.DirEntry[str] | Path) -> tuple[Any, ...]:
     if stat.S_ISREG(info.st_mode):
         return (info.st_mtime_ns, info.st_size, info.st_ino)
     return ("folder",) if stat.S_ISDIR(info.st_mode) else ("special",)
+
+
+def display_source(root: Path, path: Path) -> str:
+    """How a task file is named in reports and across hosts: its path from the fleet root."""
+    return _display_prefix(root, path.parent) + path.name
 
 
 def _display_prefix(root: Path, folder: Path) -> str:

@@ -66,13 +66,16 @@ class TaskFileParser:
             return FileResult(source, invalid=[text])
         return self._parse_text(source, text, key[0], os.path.splitext(os.path.basename(path))[0])
 
-    def parse_text(self, source: str, text: str, stem: str) -> FileResult:
-        """Parse task-file ``text`` not yet on disk, as if it were ``source`` named ``stem``.toml (the HTTP API)."""
+    def parse_text(self, source: str, text: str, stem: str, mtime_ns: int = 0) -> FileResult:
+        """Parse task-file ``text`` not on this disk, as if it were ``source`` named ``stem``.toml.
+
+        The HTTP API's submissions, and files another host shared through the store.
+        """
         self.parsed += 1
         size = len(text.encode("utf-8"))
         if size > MAX_FILE_BYTES:
             return _file_error(source, _too_big(size))
-        return self._parse_text(source, text, 0, stem)
+        return self._parse_text(source, text, mtime_ns, stem)
 
     def locate(self, source: str, index: int, key: str) -> int | None:
         """Line of ``key`` in task ``index`` of ``source``, re-reading the file (errors only)."""

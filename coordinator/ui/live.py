@@ -16,6 +16,7 @@ from rich.live import Live
 
 from ..clock import poll
 from ..config import FleetConfig
+from ..errors import StoreUnavailableError
 from ..gateway.client import read_gateway
 from ..report.events import RecentEvents, agent_notices, since, task_outcomes
 from ..report.rows import needs_attention, snapshot
@@ -62,9 +63,13 @@ class FleetDisplay:
         if not force and time.monotonic() - self.shown_at < every:
             return
         self.shown_at = time.monotonic()
-        snap = snapshot(self.config, self.store)
-        status = build_status(self.config, time.time(), snap=snap, store=self.store)
-        events = self.events.refresh()
+        try:
+            snap = snapshot(self.config, self.store)
+            status = build_status(self.config, time.time(), snap=snap, store=self.store)
+            events = self.events.refresh()
+        except StoreUnavailableError as exc:  # agents wait it out; so does the view
+            self._show_line(f"[{self.elapsed():6.1f}s] {exc}; agents are waiting for it")
+            return
         if self.live is not None:
             self.live.update(render_dashboard(status, events, self.elapsed(), self._tokens(status), hint=self.hint))
             return
@@ -73,10 +78,17 @@ class FleetDisplay:
         for outcome in task_outcomes(self.events.fresh, snap.taskset, snap.records):
             self._print(outcome_line(outcome, self.elapsed()))
         # The queue's progress is absolute; the gateway's figures are this run's.
-        line = plain_line({**status, "gateway": since(self.baseline, status)["gateway"]}, self.elapsed())
-        if line.split("] ", 1)[1] != self.last_line.split("] ", 1)[-1]:
+        self._show_line(plain_line({**status, "gateway": since(self.baseline, status)["gateway"]}, self.elapsed()))
+
+    def _show_line(self, line: str) -> None:
+        """A progress line, when it says something new (the time in brackets aside)."""
+        if line.split("] ", 1)[1] == self.last_line.split("] ", 1)[-1]:
+            return
+        self.last_line = line
+        if self.live is not None:
+            self.live.update(line)
+        else:
             self._print(line)
-            self.last_line = line
 
     def _print(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -99,7 +111,11 @@ class FleetDisplay:
         """Print the last progress lines (plain mode) and this run's summary; returns the final status."""
         if self.live is None:
             self.update(force=True)
-        snap = snapshot(self.config, self.store)
+        try:
+            snap = snapshot(self.config, self.store)
+        except StoreUnavailableError as exc:
+            self._print(f"no summary: {exc}")
+            return build_status(self.config, time.time())  # the outage report
         status = build_status(self.config, time.time(), snap=snap, store=self.store)
         self.console.print(summary_table(since(self.baseline, status), self.elapsed(), needs_attention(snap.rows)))
         return status

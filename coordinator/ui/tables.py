@@ -139,6 +139,9 @@ def usage_text(usage: dict[str, Any]) -> str:
 
 def render_status(status: dict[str, Any]) -> RenderableType:
     """The status report as rich renderables (queue, agents, gateway, problems)."""
+    if status.get("store", {}).get("reachable") is False:  # nothing of the queue can be read: say only that
+        return Group(gateway_line(status["gateway"]), Text("unhealthy: " + "; ".join(status["problems"]),
+                                                           style="bold red"))
     parts: list[RenderableType] = [queue_line(status["tasks"]), agents_table(status["agents"]),
                                    gateway_line(status["gateway"])]
     if "merge_queue" in status:
