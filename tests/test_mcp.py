@@ -26,10 +26,10 @@ def root(tmp_path: Path) -> Path:
     return write_echo_fleet(tmp_path / "fleet")
 
 
-def cli_error(root: Path, *args: str) -> str:
+def cli_error(root: Path, *args: str, code: int = 2) -> str:
     """The one line the CLI prints for an error (without its "error: " prefix)."""
     result = run_cli(root, *args)
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == code, result.stdout + result.stderr
     line, = result.stderr.strip().splitlines()
     return line.removeprefix("error: ")
 
@@ -190,8 +190,8 @@ def test_read_output_before_any_run_is_empty_and_not_at_its_end(root: Path) -> N
 
 def test_infer_without_a_running_gateway_says_how_to_start_one(root: Path) -> None:
     result, = call(fleet_tools(root), ("infer", {"prompt": "hello"}))
-    assert error(result) == ("no gateway is running for this fleet; start one with `coordinator run` (it embeds one) "
-                             "or `coordinator gateway`")
+    assert error(result) == cli_error(root, "ui", code=1)  # what `coordinator ui` says without a gateway
+    assert error(result).startswith("no gateway is running for ")
 
 
 def test_a_broken_fleet_toml_is_each_calls_one_line_config_error(root: Path) -> None:

@@ -5,7 +5,9 @@ the fleet token, its process alive). ``infer`` is an ordinary ``POST /v1/message
 under the fleet token, so it is deduplicated and cached like any request (the
 answer's ``x-coordinator-dedup`` says how it was served) and accounted to
 "unassigned". Only the fleet token is sent, and only to the gateway on loopback:
-provider keys stay in the gateway. Errors are ``BackendError`` with one line.
+provider keys stay in the gateway. No gateway, or one that does not answer, is
+``NoGatewayError`` (as for ``coordinator ui``); a gateway's error answer is
+``BackendError``: each one line.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import FleetConfig
-from ..errors import BackendError
+from ..errors import BackendError, NoGatewayError
 from ..gateway.client import GatewayInfo, read_gateway
 
 INFER_TIMEOUT_S = 600.0
@@ -27,13 +29,12 @@ def infer(config: FleetConfig, prompt: str, *, system: str | None, model: str | 
     """One non-streaming Messages call through the gateway: the answer's text, model, stop reason, usage, dedup."""
     info = read_gateway(config)
     if info is None:
-        raise BackendError("no gateway is running for this fleet; start one with `coordinator run` (it embeds one) "
-                           "or `coordinator gateway`", backend="gateway")
+        raise NoGatewayError(config.root)
     body: dict[str, Any] = {"model": model or "default", "max_tokens": max_tokens,
                             "messages": [{"role": "user", "content": prompt}]}
     if system:
         body["system"] = system
-    response = _post(info, "/v1/messages", body, INFER_TIMEOUT_S)
+    response = _post(config, info, "/v1/messages", body, INFER_TIMEOUT_S)
     data = _json(response)
     if response.status_code != 200:
         raise BackendError(f"the gateway answered {response.status_code}: {_message(data, response)}",
@@ -49,8 +50,8 @@ def reload(config: FleetConfig) -> dict[str, str]:
     if info is None:
         return {"status": "no_gateway", "message": "no gateway is running; the next one starts with this fleet.toml"}
     try:
-        response = _post(info, RELOAD_PATH, {}, RELOAD_TIMEOUT_S)
-    except BackendError as exc:
+        response = _post(config, info, RELOAD_PATH, {}, RELOAD_TIMEOUT_S)
+    except NoGatewayError as exc:
         return {"status": "unreachable", "message": f"fleet.toml is written, but {exc}"}
     if response.status_code == 404:  # a gateway without live reload: it reads the file from disk
         return {"status": "on_disk", "message": "fleet.toml is written; the gateway picks it up from disk"}
@@ -61,7 +62,7 @@ def reload(config: FleetConfig) -> dict[str, str]:
                                             f"{_message(_json(response), response)}"}
 
 
-def _post(info: GatewayInfo, path: str, body: dict[str, Any], timeout_s: float) -> Any:
+def _post(config: FleetConfig, info: GatewayInfo, path: str, body: dict[str, Any], timeout_s: float) -> Any:
     import httpx  # noqa: PLC0415  (only infer and configure talk to the gateway)
 
     headers = {"authorization": f"Bearer {info.token}", "anthropic-version": ANTHROPIC_VERSION}
@@ -70,8 +71,7 @@ def _post(info: GatewayInfo, path: str, body: dict[str, Any], timeout_s: float) 
         with httpx.Client(trust_env=False, timeout=timeout_s) as client:
             return client.post(info.url + path, json=body, headers=headers)
     except httpx.HTTPError as exc:
-        raise BackendError(f"the gateway at {info.url} did not answer ({type(exc).__name__}: {exc}); "
-                           "`coordinator status` shows its state", backend="gateway") from exc
+        raise NoGatewayError(config.root, info.url, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _json(response: Any) -> dict[str, Any]:
