@@ -15,6 +15,8 @@ import socket
 
 import psutil
 
+from .clock import poll
+
 HOST_ENV = "COORDINATOR_HOST"
 # This host's identity on claims. PID checks apply only to claims of the same host; claims of
 # other hosts expire by lease. COORDINATOR_HOST overrides it (two fleets' "hosts" on one
@@ -24,6 +26,7 @@ HOST = os.environ.get(HOST_ENV) or socket.gethostname()
 # process agree far closer than this, while a reused PID differs by much more.
 START_TIME_TOLERANCE_S = 0.05
 KILL_GRACE_S = 2.0  # how long a runner left by a dead or stale holder gets to stop on SIGTERM
+KILL_POLL_S = 0.02
 
 
 def start_time(pid: int) -> float | None:
@@ -58,11 +61,12 @@ def kill_group_of(pid: int, started_at: float, grace_s: float = KILL_GRACE_S) ->
         return  # gone, or hidden from us (AccessDenied): no proof of identity, no kill
     try:
         os.killpg(pid, signal.SIGTERM)
-        psutil.Process(pid).wait(timeout=grace_s)
-    except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+    except (ProcessLookupError, PermissionError):
         pass
-    except psutil.TimeoutExpired:
-        pass
+    # Watched, not waited for: waiting would reap the caller's own child behind subprocess's back.
+    for _ in poll(KILL_POLL_S, timeout_s=grace_s):
+        if not process_is_alive(pid, started_at):
+            break
     try:
         os.killpg(pid, signal.SIGKILL)  # members that ignored SIGTERM still share the leader's group id
     except (ProcessLookupError, PermissionError):

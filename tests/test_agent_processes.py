@@ -57,6 +57,7 @@ def test_kill_9_mid_task_is_reclaimed_at_once_and_finished(make_fleet) -> None:
     victim = start_agent(root, "victim")
     try:
         wait_for(lambda: (c := claim_json(root, "t0000")) and c.get("child_pid"), what="runner pid in claim")
+        wait_for(lambda: read_ledger(ledger), what="the runner past its gate")  # its pid is written first
         child_pid = claim_json(root, "t0000")["child_pid"]
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
@@ -81,6 +82,7 @@ def test_sigstop_past_lease_is_fenced_after_sigcont(make_fleet) -> None:
     sleeper = start_agent(root, "sleeper")
     try:
         wait_for(lambda: (c := claim_json(root, "t0000")) and c.get("child_pid"), what="runner started")
+        wait_for(lambda: read_ledger(ledger), what="the runner past its gate")  # its pid is written first
         os.kill(sleeper.pid, signal.SIGSTOP)
         rescuer = start_agent(root, "rescuer", "--until-empty")
         assert rescuer.wait(timeout=60) == 0
