@@ -270,30 +270,22 @@ def resolve_root(root: str | Path | None) -> Path:
     return found
 
 
-def load_config(root: str | Path | None = None) -> FleetConfig:
+def load_config(root: str | Path | None = None, *, content: bytes | None = None) -> FleetConfig:
     """Read the fleet.toml found at or above ``root`` (see ``resolve_root``).
 
     Every problem is found in one pass. The ``ConfigError`` raised names the first
     one on one line, saying how many more there are; all of them (each a
     ``ConfigError``) are in its ``problems`` attribute, which ``validate`` prints.
+    ``content`` is the file's bytes when the caller read them already (a reload
+    parses exactly the bytes it noticed had changed).
     """
     base = resolve_root(root)
-    try:
-        text = (base / CONFIG_NAME).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError("file is not UTF-8 text; save it as UTF-8", path=base / CONFIG_NAME) from exc
-    return parse_config(text, base)
-
-
-def parse_config(text: str, base: Path) -> FleetConfig:
-    """The config that ``text``, as the fleet.toml of root ``base``, describes; ``ConfigError`` as ``load_config``.
-
-    Also what checks a fleet.toml before it is written (``config_edit``), so a change
-    is refused with exactly the error the file would give every command.
-    """
     path = base / CONFIG_NAME
     try:
+        text = path.read_text(encoding="utf-8") if content is None else content.decode("utf-8")
         data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError("file is not UTF-8 text; save it as UTF-8", path=path) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(toml_error_reason(exc), path=path, line=toml_error_line(exc)) from exc
     problems = []

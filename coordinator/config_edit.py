@@ -8,7 +8,7 @@ already-parsed object) holding some of those sections. Tables merge key by key, 
 value replaces the one there (lists whole, so ``routing`` is replaced as a whole),
 and a JSON ``null`` removes a key, giving it back its default.
 
-The merged text is checked by the loader every command uses (``config.parse_config``)
+The merged text is checked by the loader every command uses (``config.load_config``)
 before anything is written, so a change the fleet would refuse is refused here with
 the same one-line error, and the file stays as it was. It is written with tomlkit,
 keeping the user's comments and layout, atomically (``atomic.py``: a reader sees
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic
-from .config import FleetConfig, parse_config
+from .config import FleetConfig, load_config
 from .errors import ConfigError
 from .validation import toml_error_reason
 
@@ -81,7 +81,7 @@ def apply_fragment(config: FleetConfig, fragment: str | dict[str, Any]) -> Confi
         document = tomlkit.parse(original)
         _merge(document, changes)
         text = tomlkit.dumps(document)
-        merged = parse_config(text, config.root)  # the loader's own checks, before anything is written
+        merged = load_config(config.root, content=text.encode("utf-8"))  # the loader's checks, before writing
         written = text != original
         if written:
             mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
