@@ -342,8 +342,8 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet 
     typer.echo(f"next: coordinator -C {directory} run")
 
 
-# The commands that change the queue live beside this module; importing it registers them.
-from . import cli_queue  # noqa: E402, F401
+# The commands that change the queue, and those about fleet.toml, live beside this module; importing registers them.
+from . import cli_config, cli_queue  # noqa: E402, F401
 from . import cli_serve  # noqa: E402, F401  (`coordinator ui`)
 from . import cli_mcp  # noqa: E402, F401  (`coordinator mcp`, DESIGN §11)
 

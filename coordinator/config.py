@@ -16,6 +16,7 @@ from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, PrivateAttr, field_validator, model_validator
 
+from .config_refs import check_references, rule_line
 from .errors import ConfigError
 from .validation import TYPE_FIXES, all_errors, did_you_mean, header_lines, key_line, toml_error_line, toml_error_reason
 
@@ -150,6 +151,43 @@ class ModelAlias(_Strict):
     output_usd_per_mtok: float | None = None
     cache_write_usd_per_mtok: float | None = None
     cache_read_usd_per_mtok: float | None = None
+    fallback: list[str] = []  # aliases tried in order when this one's retries run out or its circuit is open
+    downgrade: str | None = None  # the alias a request goes to when the task's budget cannot cover this one
+
+
+def _as_list(value: object) -> object:
+    """A single value where a list is expected (``agent = "claude"``) as a one-item list."""
+    return [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+class RoutingRule(_Strict):
+    """One ``[[routing]]`` table: conditions, all of which must hold, and the alias they pick.
+
+    A condition left out matches every request; a rule with none is a catch-all.
+    Rules are tried in file order and the first match wins (``gateway/routing.py``).
+    """
+
+    name: str | None = None  # shown by `coordinator route` and in the gateway's log
+    labels: list[str] = []  # the task carries every one of these labels
+    priority: list[int] = []  # the task's priority is one of these (numbers or "critical", "high", ...)
+    agent: list[str] = []  # the task runs on one of these [agents.NAME]
+    max_input_tokens: int | None = Field(None, ge=0)  # the request's estimated input tokens are at most this
+    alias: str  # the [models] alias a matching request goes to
+
+    @field_validator("labels", "agent", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        return _as_list(value)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priorities(cls, value: object) -> object:
+        from .tasks.model import priority_number  # noqa: PLC0415  (the one priority rule; tasks/ loads late)
+
+        values = _as_list(value)
+        if not isinstance(values, list):
+            return values  # pydantic says it must be a list
+        return [priority_number(v) if isinstance(v, (str, int)) and not isinstance(v, bool) else v for v in values]
 
 
 class AgentConfig(_Strict):
@@ -200,6 +238,7 @@ class FleetConfig(_Strict):
     backends: dict[str, BackendConfig] = Field(default_factory=_default_backends)
     models: dict[str, ModelAlias] = Field(default_factory=_default_models)
     agents: dict[str, AgentConfig] = Field(default_factory=_default_agents)
+    routing: list[RoutingRule] = []  # [[routing]] tables, first match wins
     # The store's password, read from the environment by the CLI (never parsed from fleet.toml).
     _state_password: str | None = PrivateAttr(None)
 
@@ -298,7 +337,7 @@ def load_config(root: str | Path | None = None, *, content: bytes | None = None)
         problems += [ConfigError(msg, path=path, key=key, line=_line_of(text, key))
                      for key, msg in all_errors(exc, fixes=TYPE_FIXES, known_keys=_keys_at)]
         raise config_error(problems) from exc
-    problems += _check_references(config, path)
+    problems += check_references(config, path, text)
     if problems:
         raise config_error(problems)
     return config
@@ -306,6 +345,8 @@ def load_config(root: str | Path | None = None, *, content: bytes | None = None)
 
 def _line_of(text: str, key: str) -> int | None:
     """The line assigning ``key``, else the line of its table header (``[gatway]``, ``[agents.c]``)."""
+    if key.startswith("routing["):
+        return rule_line(text, key)
     line = key_line(text, key)
     if line is None:
         line = next((n for n, header in header_lines(text) if header.strip("[]").strip() == key), None)
@@ -328,7 +369,7 @@ def config_error(problems: list[ConfigError]) -> ConfigError:
 def _keys_at(loc: tuple[object, ...]) -> list[str]:
     """The keys valid in the table at ``loc`` (("fleet",), ("agents", "claude"), ...), for "did you mean"."""
     model: object = FleetConfig
-    keyed = False  # the next part is a table name of a dict section ([agents.NAME]), not a key
+    keyed = False  # the next part is a table name ([agents.NAME]) or an index ([[routing]]), not a key
     for part in loc:
         if keyed:
             keyed = False
@@ -337,34 +378,9 @@ def _keys_at(loc: tuple[object, ...]) -> list[str]:
         if not isinstance(part, str) or not fields or part not in fields:
             return []
         annotation = fields[part].annotation
-        if get_origin(annotation) is dict:
-            model, keyed = get_args(annotation)[1], True
+        if get_origin(annotation) in (dict, list):  # [agents.NAME] tables, [[routing]] arrays
+            model, keyed = get_args(annotation)[-1], True
         else:
             model = annotation
     fields = getattr(model, "model_fields", None)
     return [name for name in fields if name != "root"] if fields and not keyed else []
-
-
-def _check_references(config: FleetConfig, path: Path) -> list[ConfigError]:
-    """Names that point at other tables must exist: every broken one."""
-    problems = []
-    if config.fleet.default_agent not in config.agents:
-        problems.append(ConfigError(f"agent {config.fleet.default_agent!r} is not defined; add "
-                                    f"[agents.{config.fleet.default_agent}]{did_you_mean(config.fleet.default_agent, config.agents)}",
-                                    path=path, key="fleet.default_agent"))
-    for name, alias in config.models.items():
-        if alias.backend not in config.backends:
-            problems.append(ConfigError(f"backend {alias.backend!r} is not defined; add [backends.{alias.backend}]"
-                                        f"{did_you_mean(alias.backend, config.backends)}",
-                                        path=path, key=f"models.{name}.backend"))
-    for name, backend in config.backends.items():
-        for other in backend.fallback:
-            if other not in config.backends:
-                problems.append(ConfigError(f"fallback backend {other!r} is not defined; add [backends.{other}]"
-                                            f"{did_you_mean(other, config.backends)}", path=path,
-                                            key=f"backends.{name}.fallback"))
-    for name, agent in config.agents.items():
-        if agent.kind == "command" and not agent.command:
-            problems.append(ConfigError("a command agent needs command = [\"program\", \"arg\", ...]",
-                                        path=path, key=f"agents.{name}.command"))
-    return problems

@@ -41,6 +41,13 @@ kind = "auto"
 # With no model named, the default alias uses the newest Sonnet the installed anthropic SDK
 # lists and does not deprecate; name one to pin it: { backend = "default", model = "..." }.
 default = { backend = "default" }
+# An alias may name fallback = ["other"] (tried when its retries run out or its circuit is open)
+# and downgrade = "cheaper" (used when a task's max_usd cannot cover a request at this alias):
+# cheap = { backend = "default", model = "claude-haiku-4-5" }
+
+# [[routing]]                       # first match wins; a request no rule matches keeps its model
+# labels = ["docs"]                 # also: priority = ["low"], agent = ["llm"], max_input_tokens = 4000
+# alias = "cheap"                   # `coordinator route --task ID` explains a decision
 
 [agents.llm]
 kind = "llm"

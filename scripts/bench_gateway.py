@@ -1,6 +1,6 @@
 """Benchmark the gateway against a fast fake upstream, direct and through the gateway, in one run.
 
-    python scripts/bench_gateway.py [--quick] [--requests N] [--rss-requests N]
+    python scripts/bench_gateway.py [--quick] [--requests N] [--rss-requests N] [--only routing]
 
 Three processes: a minimal fake OpenAI upstream (aiohttp, one fixed answer, so it
 costs little), the gateway (``coordinator.gateway.serve_forever``, as
@@ -9,6 +9,11 @@ and this script as the load generator. The load generator speaks HTTP/1.1 over r
 asyncio streams with keep-alive: a few microseconds per request, so the figures
 are about the gateway rather than about a client library, and the same client
 measures both paths. Prints one JSON object; the targets are in docs/gateway.md.
+
+Two figures are about routing and live configuration (docs/performance.md): the
+cost of one routing decision, timed in this process against a table with no rules
+in the same run, and the latency of requests before, during and after a reload
+that moves the backend to a second upstream process (no request may fail).
 """
 
 from __future__ import annotations
@@ -164,14 +169,17 @@ def start_upstream(tmp: Path, kind: str = "synthetic") -> tuple[subprocess.Popen
     return proc, f"http://127.0.0.1:{portfile.read_text()}"
 
 
+def fleet_toml(upstream_url: str, cache_max_mb: float, rpm: int = 0) -> str:
+    return (f'[gateway]\ncache_max_mb = {cache_max_mb}\nmax_queue = 4096\n\n'
+            f'[backends.default]\nkind = "openai"\nbase_url = "{upstream_url}/v1"\napi_key_env = ""\n'
+            f'max_concurrency = 256\nrpm = {rpm}\n\n'
+            f'[models]\ndefault = {{ backend = "default", model = "gpt-4o-mini" }}\n')
+
+
 def write_fleet(tmp: Path, upstream_url: str, cache_max_mb: float) -> Path:
     root = tmp / "fleet"
     root.mkdir()
-    (root / "fleet.toml").write_text(
-        f'[gateway]\ncache_max_mb = {cache_max_mb}\nmax_queue = 4096\n\n'
-        f'[backends.default]\nkind = "openai"\nbase_url = "{upstream_url}/v1"\napi_key_env = ""\n'
-        f'max_concurrency = 256\n\n'
-        f'[models]\ndefault = {{ backend = "default", model = "gpt-4o-mini" }}\n')
+    (root / "fleet.toml").write_text(fleet_toml(upstream_url, cache_max_mb))
     return root
 
 
@@ -284,6 +292,87 @@ async def measure_coalescing(upstream_url: str, gateway_url: str, auth: str) -> 
     return await upstream_calls(upstream_url) - before
 
 
+def measure_routing(calls: int = 20_000, rules: int = 20) -> dict:
+    """One routing decision (rules, alias, budget check, chain), µs: ``rules`` rules, the last one matching,
+    against a table with none; timed call by call, alternating, in this process."""
+    from coordinator.config import FleetConfig, ModelAlias, RoutingRule
+    from coordinator.errors import BudgetError
+    from coordinator.gateway.routing import Facts, RoutingTable
+
+    models = {"default": ModelAlias(model="claude-sonnet-4-6", downgrade="cheap"),
+              "cheap": ModelAlias(model="claude-haiku-4-5")}
+    table = [RoutingRule(labels=[f"label-{n}"], priority=[0], alias="cheap") for n in range(rules - 1)]
+    table.append(RoutingRule(max_input_tokens=10_000, alias="cheap"))
+    plain, routed = (RoutingTable(FleetConfig(models=models, routing=rs)) for rs in ([], table))
+    facts = Facts(frozenset({"docs", "cli"}), 2, "llm", 800)
+
+    def fits(target: object) -> BudgetError | None:  # what the gateway passes for a task with a budget
+        return None
+
+    def timed(table: RoutingTable) -> float:
+        started = time.perf_counter_ns()
+        table.chain(table.decide(facts, "default", fits).target)
+        return (time.perf_counter_ns() - started) / 1000
+
+    for table_ in (plain, routed):
+        for _ in range(2000):
+            timed(table_)  # warm: prices, chains
+    base, ruled = [], []
+    for _ in range(calls):
+        base.append(timed(plain))
+        ruled.append(timed(routed))
+    out = {"no_rules_us": {"p50": pct(base, .5), "p99": pct(base, .99)},
+           f"{rules}_rules_us": {"p50": pct(ruled, .5), "p99": pct(ruled, .99)}}
+    out["added_us"] = {"p50": pct(ruled, .5) - pct(base, .5), "p99": pct(ruled, .99) - pct(base, .99)}
+    out["ratio_p50"] = pct(ruled, .5) / pct(base, .5)
+    return out
+
+
+async def measure_reload(gateway_url: str, auth: str, root: Path, upstream2_url: str, cache_max_mb: float,
+                         seconds: float = 9.0, concurrency: int = 8) -> dict:
+    """c=8 distinct requests for ``seconds``; a third of the way in, fleet.toml moves the backend to a second
+    upstream (and sets an rpm) and is reloaded. Latency of requests started before, during (from the
+    reload's start to 0.25 s after its answer) and after; every failure counted."""
+    records: list[tuple[float, float, bool]] = []
+    window: dict[str, float] = {}
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        conn, i = await Conn.open(gateway_url), 0
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                status, _, _ = await conn.post("/v1/chat/completions", chat_body(f"reload-{w}-{i}"), auth)
+                ok = status == 200
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                ok, conn = False, await Conn.open(gateway_url)
+            records.append((started, time.perf_counter() - started, ok))
+            i += 1
+        conn.close()
+
+    async def trigger() -> None:
+        await asyncio.sleep(seconds / 3)
+        (root / "fleet.toml").write_text(fleet_toml(upstream2_url, cache_max_mb, rpm=6_000_000))
+        conn = await Conn.open(gateway_url)
+        window["start"] = time.perf_counter()
+        status, _, body = await conn.post("/v1/coordinator/config/reload", b"", auth)
+        window["end"] = time.perf_counter()
+        window["status"], window["generation"] = status, json.loads(body).get("generation", 0)
+        conn.close()
+
+    await asyncio.gather(trigger(), *[worker(w) for w in range(concurrency)])
+    phases = {"before": [r for r in records if r[0] < window["start"]],
+              "during": [r for r in records if window["start"] <= r[0] <= window["end"] + 0.25],
+              "after": [r for r in records if r[0] > window["end"] + 0.25]}
+    out: dict = {"reload_answer_ms": (window["end"] - window["start"]) * 1e3, "reload_status": window["status"],
+                 "reload_generation": window["generation"], "failed_requests": sum(not ok for *_, ok in records)}
+    for name, rows in phases.items():
+        latencies = [lat for _, lat, _ in rows]
+        out[f"{name}_ms"] = {"p50": pct(latencies, .5) * 1e3, "p99": pct(latencies, .99) * 1e3, "n": len(rows)}
+    out["calls_at_new_upstream"] = await upstream_calls(upstream2_url)
+    return out
+
+
 async def measure(upstream_url: str, gateway_url: str, token: str, gateway_pid: int, args: argparse.Namespace) -> dict:
     """Every figure, RSS first (from idle), then latency, throughput and coalescing."""
     auth = f"authorization: Bearer {token}\r\n"
@@ -305,29 +394,43 @@ def main() -> None:
                              "constant: one fixed answer without reading the request")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per throughput figure")
     parser.add_argument("--quick", action="store_true", help="small runs, for a smoke test")
+    parser.add_argument("--only", choices=("all", "routing"), default="all",
+                        help="routing: only the routing-decision and reload figures")
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rss_requests, args.rounds = 2_000, 5_000, 1
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        (tmp / "second").mkdir()
         upstream, upstream_url = start_upstream(tmp, args.upstream)
+        second, second_url = start_upstream(tmp / "second", args.upstream)
         gateway = None
         try:
             root = write_fleet(tmp, upstream_url, args.cache_max_mb)
             gateway, info, ready_s = start_gateway(root)
             time.sleep(0.5)  # let start-up garbage settle before the idle RSS reading
-            result = asyncio.run(measure(upstream_url, info["url"], info["token"], gateway.pid, args))
+            result = {} if args.only == "routing" else asyncio.run(
+                measure(upstream_url, info["url"], info["token"], gateway.pid, args))
             result["start_to_ready_s"] = ready_s
+            result["routing_decision"] = measure_routing()
+            result["reload"] = asyncio.run(measure_reload(info["url"], f"authorization: Bearer {info['token']}\r\n",
+                                                          root, second_url, args.cache_max_mb))
         finally:
-            for proc in (gateway, upstream):
+            for proc in (gateway, upstream, second):
                 if proc is not None:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(10)
     result.update(python=sys.version.split()[0], cpus=os.cpu_count(), cache_max_mb=args.cache_max_mb,
                   upstream=args.upstream)
-    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else
-                          {kk: round(vv, 3) for kk, vv in v.items()} if isinstance(v, dict) else v)
-                      for k, v in result.items()}, indent=1))
+    print(json.dumps(_rounded(result), indent=1))
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from coordinator.gateway.context_cache import WarmupBarrier
 from coordinator.gateway.dedup import Flight
 from coordinator.gateway.dialects import ANTHROPIC
 from coordinator.gateway.metrics import GatewayMetrics
-from coordinator.gateway.pipeline import Call, Pipeline, Upstream
+from coordinator.gateway.pipeline import Call, Hop, Pipeline, Upstream
+from coordinator.gateway.routing import Target
 from coordinator.gateway.sse import encode_event
 
 OVERLOADED = encode_event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
@@ -58,8 +59,10 @@ def _run(backend: ScriptedStreams) -> tuple[Flight, Ledger]:
     pipeline = Pipeline(ledger=ledger, metrics=GatewayMetrics(), barrier=WarmupBarrier(wait_s=1, clock=clock),
                         clock=clock, rand=lambda: 0.5)
     upstream = Upstream("scripted", backend, backend.config, clock)
+    price = price_for("claude-sonnet-4-6")
+    hop = Hop(Target("default", "scripted", "x", price), upstream, price)
     call = Call(dialect=ANTHROPIC, path="/v1/messages", body={"model": "x"}, stream=True, headers={}, query="",
-                priority=2, who=Who("t"), price=price_for("claude-sonnet-4-6"), chain=[upstream])
+                priority=2, who=Who("t"), hops=[hop])
 
     async def main() -> Flight:
         flight = Flight(b"k", True)

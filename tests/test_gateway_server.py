@@ -61,7 +61,8 @@ def test_stats_have_the_contract_keys_per_task_agent_model_and_backend(start_gat
     assert stats["models"][MODEL]["upstream_calls"] == 1
     assert stats["backends"]["default"]["breaker"] == "closed"
     usage = httpx.get(f"{gw.url}/v1/coordinator/usage/t-1", headers={"authorization": f"Bearer {gw.token}"}).json()
-    assert usage == stats["tasks"]["t-1"]
+    assert usage == {**stats["tasks"]["t-1"], "aliases": stats["task_aliases"]["t-1"]}
+    assert set(usage["aliases"]) == {"default"} and usage["aliases"]["default"]["requests"] == 2
     assert httpx.get(f"{gw.url}/v1/coordinator/stats", headers={"x-api-key": "nope"}).status_code == 401
     assert httpx.get(f"{gw.url}/metrics").status_code == 401
     assert httpx.get(f"{gw.url}/metrics", headers={"x-api-key": token}).status_code == 403
@@ -201,7 +202,8 @@ def test_openai_streams_are_accounted_without_showing_an_unasked_usage_chunk(sta
     assert asked[-1].usage is not None and asked[-1].usage.completion_tokens > 0
 
 
-def test_an_open_circuit_sends_requests_to_the_fallback_backend(make_fleet, fake_upstream) -> None:
+def test_a_backends_fallback_takes_over_when_retries_run_out_and_while_its_circuit_is_open(make_fleet,
+                                                                                          fake_upstream) -> None:
     clock = ManualClock()
     toml = fleet_toml(fake_upstream.url, anthropic={"breaker_failures": 1, "max_retries": 0,
                                                     "fallback": ["spare"]})
@@ -209,14 +211,15 @@ def test_an_open_circuit_sends_requests_to_the_fallback_backend(make_fleet, fake
              'max_retries = 0\n')
     gw = start_in_thread(load_config(make_fleet(toml)), ENV, clock=clock)
     try:
-        fake_upstream.script(Reply(500))
-        with pytest.raises(anthropic.InternalServerError):
-            _client(gw).messages.create(model=MODEL, max_tokens=8, messages=user("fails"))
-        assert gw.gateway.stats()["backends"]["default"]["breaker"] == "open"
         # The spare's base_url has a path the fake does not serve: its 404 proves the spare was called.
+        fake_upstream.script(Reply(500))
+        with pytest.raises(anthropic.NotFoundError) as info:
+            _client(gw).messages.create(model=MODEL, max_tokens=8, messages=user("fails"))
+        assert "backend 'spare'" in info.value.message and len(fake_upstream.calls) == 1
+        assert gw.gateway.stats()["backends"]["default"]["breaker"] == "open"
         with pytest.raises(anthropic.NotFoundError) as info:
             _client(gw).messages.create(model=MODEL, max_tokens=8, messages=user("goes to the spare"))
-        assert "backend 'spare'" in info.value.message and len(fake_upstream.calls) == 1
+        assert "backend 'spare'" in info.value.message and len(fake_upstream.calls) == 1  # the primary was skipped
     finally:
         gw.stop()
 

@@ -181,3 +181,19 @@ def test_infer_reports_a_gateway_error_as_one_line(root: Path, gateway: Any) -> 
     assert (path, auth) == ("/v1/messages", "Bearer cgf-fleet")
     assert body == {"model": "default", "max_tokens": 20, "system": "be brief",
                     "messages": [{"role": "user", "content": "hello"}]}
+
+
+def test_routing_rules_are_replaced_as_a_whole_and_checked_by_the_loader(root: Path) -> None:
+    from coordinator.config import load_config
+
+    rules = {"models": {"cheap": {"backend": "default", "model": "small"}},
+             "routing": [{"name": "docs", "labels": ["docs"], "alias": "cheap"}, {"alias": "default"}]}
+    first, second, broken = call(fleet_tools(root), ("configure", {"fragment": rules}),
+                                 ("configure", {"fragment": '[[routing]]\nlabels = ["tiny"]\nalias = "cheap"\n'}),
+                                 ("configure", {"fragment": {"routing": [{"alias": "nowhere"}]}}))
+    assert data(first)["keys"] == ["models.cheap.backend", "models.cheap.model", "routing"]
+    assert [(rule.labels, rule.alias) for rule in load_config(root).routing] == [(["tiny"], "cheap")]
+    assert data(second)["written"]
+    written = (root / "fleet.toml").read_text()
+    assert error(broken).startswith(f"{root / 'fleet.toml'}") and "nowhere" in error(broken)
+    assert (root / "fleet.toml").read_text() == written

@@ -85,7 +85,12 @@ def test_infer_goes_through_the_running_gateway_and_is_deduplicated(root: Path) 
 
 
 def test_configure_writes_fleet_toml_and_asks_the_running_gateway_to_reload(root: Path) -> None:
-    result, = call(fleet_tools(root), ("configure", {"fragment": '[backends.spare]\nkind = "echo"\n'}))
-    assert data(result)["written"]
-    assert data(result)["reload"]["status"] in ("reloaded", "on_disk"), data(result)["reload"]  # on_disk: no endpoint
+    fragment = '[backends.spare]\nkind = "echo"\n\n[models.spare]\nbackend = "spare"\n'
+    result, = call(fleet_tools(root), ("configure", {"fragment": fragment}))
+    reload = data(result)["reload"]
+    assert data(result)["written"] and reload["status"] == "reloaded", reload
     assert '[backends.spare]\nkind = "echo"' in (root / "fleet.toml").read_text()
+    # The gateway took it (from this call, or from its own watch of the file a moment before).
+    assert reload["generation"] >= 1 and set(reload["changed"]) <= {"backends.spare", "models"}
+    answer, = call(fleet_tools(root), ("infer", {"prompt": "Which backend answers?", "model": "spare"}))
+    assert data(answer)["text"] and data(answer)["dedup"] == "miss"

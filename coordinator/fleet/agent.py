@@ -40,6 +40,7 @@ from .homes import config_dir_env
 from .landing import ClaimWorkspace, carry_conflict, open_workspace
 from .lease import LeaseWatch, keep_alive
 from .notes import Notes
+from .settings import AgentSettings
 from .waits import await_gateway, await_store, persist
 from .workspace import dependency_outputs, run_dir, write_feedback, write_prompt
 from .worktrees import discard_spares
@@ -89,6 +90,7 @@ class Agent:
         self.overhead = {"tasks": 0, "claim_ms": 0.0, "record_ms": 0.0}
         self.child_pid: int | None = None
         self.notes = Notes(self.store, agent_id)
+        self.settings = AgentSettings(config, self.notes.warn)  # [agents.*] reread at each claim
         self.space: ClaimWorkspace | None = None  # the current claim's worktree (docs/workspaces.md)
         self.settled: Any = None  # the record the store wrote while landing or re-queueing, if it did
         self.landing: dict[str, Any] | None = None  # what the merge queue shows of this agent
@@ -127,7 +129,8 @@ class Agent:
         return 1 if self.until_empty and self.view.has_failed_work() else 0
 
     def claim_next(self) -> tuple[Task, Claim] | None:
-        """Reap stale claims, catch up on the feed, and claim the best ready task."""
+        """Reread changed agent settings, reap stale claims, catch up on the feed, and claim the best ready task."""
+        self.config = self.settings.refresh(self.config)
         self.view.rescan_if_due()
         started = time.perf_counter()
         self.book.pulse()
@@ -209,8 +212,8 @@ class Agent:
         previous = self.store.read_record(task.id) if claim.attempt > 1 or self.space else None
         env = {**self.env, **config_dir_env(self.config, self.agent_id, agent, self.env),
                **(self.space.env() if self.space else {})}
-        token = gateway.task_token(task, self.agent_id, attempt=claim.attempt,
-                                   generation=claim.generation) if gateway else None
+        token = gateway.task_token(task, self.agent_id, attempt=claim.attempt, generation=claim.generation,
+                                   agent_name=agent_name) if gateway else None
         return RunContext(task=task, agent_id=self.agent_id, agent_name=agent_name, agent=agent,
                           config=self.config, attempt=claim.attempt, run_dir=run, workdir=workdir,
                           workdir_fd=workdir_fd, env=env, should_stop=self._should_stop,

@@ -27,10 +27,10 @@ from .budgets import check_budget
 from .dialects import Usage
 
 STAT_KEYS = ("requests", "upstream_calls", "dedup_joined", "dedup_hits", "input_tokens", "output_tokens",
-             "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved", "usd_would_be")
+             "cache_read_tokens", "cache_write_tokens", "usd", "usd_saved", "usd_would_be", "tokens_saved")
 _USD_KEYS = ("usd", "usd_saved", "usd_would_be")
 UNASSIGNED = "unassigned"  # the task row of requests made with the fleet token
-SCOPES = ("tasks", "agents", "models")
+SCOPES = ("tasks", "agents", "models", "backends", "aliases")
 
 
 @dataclass(frozen=True)
@@ -110,15 +110,17 @@ class Who:
     model: str = ""
     backend: str = ""
     generation: int = 0  # the task's retry generation, for its budget
+    alias: str = ""  # the [models] alias the request was routed to (gateway/routing.py)
 
 
 class Ledger:
-    """Running totals for the fleet and per task, agent, model and backend."""
+    """Running totals for the fleet and per task, agent, model, backend and alias; and per alias of each task."""
 
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.totals = empty_stats()
-        self.scopes: dict[str, dict[str, dict[str, float]]] = {scope: {} for scope in (*SCOPES, "backends")}
+        self.scopes: dict[str, dict[str, dict[str, float]]] = {scope: {} for scope in SCOPES}
+        self.task_aliases: dict[str, dict[str, dict[str, float]]] = {}  # task → alias → row: where it was routed
         self.version = 0  # bumped on every change, so the saver writes only when needed
         # task → [generation, usd, tokens]: the spend its budget counts (the latest generation only)
         self.generations: dict[str, list[float]] = {}
@@ -135,13 +137,11 @@ class Ledger:
     def _resolve_rows(self, who: Who) -> list[dict[str, float]]:
         rows = [self.totals]
         for scope, name in (("tasks", who.task), ("agents", who.agent), ("models", who.model),
-                            ("backends", who.backend)):
+                            ("backends", who.backend), ("aliases", who.alias)):
             if name:
-                table = self.scopes[scope]
-                row = table.get(name)
-                if row is None:
-                    row = table[name] = empty_stats()
-                rows.append(row)
+                rows.append(_row(self.scopes[scope], name))
+        if who.task and who.alias:
+            rows.append(_row(self.task_aliases.setdefault(who.task, {}), who.alias))
         return rows
 
     def _add(self, who: Who, deltas: Mapping[str, float]) -> None:
@@ -189,12 +189,14 @@ class Ledger:
     def record_shared(self, who: Who, how: str, usage: Usage, price: Price) -> float:
         """A request was served by dedup (``joined`` or ``hit``): nothing billed, its cost saved."""
         saved = price.usd_uncached(usage)
-        self._add(who, {"dedup_joined" if how == "joined" else "dedup_hits": 1, "usd_saved": saved})
+        self._add(who, {"dedup_joined" if how == "joined" else "dedup_hits": 1, "usd_saved": saved,
+                        "tokens_saved": usage.total})
         return saved
 
-    def task_row(self, task_id: str) -> dict[str, float]:
-        """One task's stats (zeros when it has none yet)."""
-        return dict(self.scopes["tasks"].get(task_id) or empty_stats())
+    def task_row(self, task_id: str) -> dict[str, Any]:
+        """One task's stats (zeros when it has none yet), with ``aliases``: the same per alias it was routed to."""
+        return {**(self.scopes["tasks"].get(task_id) or empty_stats()),
+                "aliases": {alias: _rounded(row) for alias, row in self.task_aliases.get(task_id, {}).items()}}
 
     def check_budget(self, task_id: str | None, max_usd: float | None, max_tokens: int | None,
                      generation: int = 0) -> None:
@@ -207,7 +209,9 @@ class Ledger:
         """Totals plus every scope, as plain JSON-ready dicts."""
         data: dict[str, Any] = {key: _round(key, self.totals[key]) for key in STAT_KEYS}
         for scope, table in self.scopes.items():
-            data[scope] = {name: {k: _round(k, v) for k, v in row.items()} for name, row in table.items()}
+            data[scope] = {name: _rounded(row) for name, row in table.items()}
+        data["task_aliases"] = {task: {alias: _rounded(row) for alias, row in rows.items()}
+                                for task, rows in self.task_aliases.items()}
         data["budgets"] = {task: {"generation": int(g), "usd": round(usd, 9), "tokens": int(tokens)}
                            for task, (g, usd, tokens) in self.generations.items()}
         return data
@@ -219,12 +223,10 @@ class Ledger:
             if isinstance(data.get(key), (int, float)):
                 self.totals[key] = data[key]
         for scope in self.scopes:
-            for name, row in (data.get(scope) or {}).items():
-                if isinstance(row, Mapping):
-                    target = self.scopes[scope].setdefault(name, empty_stats())
-                    for key in STAT_KEYS:
-                        if isinstance(row.get(key), (int, float)):
-                            target[key] = row[key]
+            _load_rows(self.scopes[scope], data.get(scope))
+        for task, rows in (data.get("task_aliases") or {}).items():
+            if isinstance(rows, Mapping):
+                _load_rows(self.task_aliases.setdefault(task, {}), rows)
         self._load_budgets(data)
 
     def _load_budgets(self, data: Mapping[str, Any]) -> None:
@@ -244,3 +246,24 @@ class Ledger:
 
 def _round(key: str, value: float) -> float:
     return round(value, 9) if key in _USD_KEYS else int(value)
+
+
+def _rounded(row: Mapping[str, float]) -> dict[str, float]:
+    return {k: _round(k, v) for k, v in row.items()}
+
+
+def _row(table: dict[str, dict[str, float]], name: str) -> dict[str, float]:
+    row = table.get(name)
+    if row is None:
+        row = table[name] = empty_stats()
+    return row
+
+
+def _load_rows(table: dict[str, dict[str, float]], saved: object) -> None:
+    """Saved rows into ``table`` (unknown keys and damaged rows are ignored)."""
+    for name, row in (saved.items() if isinstance(saved, Mapping) else ()):
+        if isinstance(row, Mapping):
+            target = _row(table, name)
+            for key in STAT_KEYS:
+                if isinstance(row.get(key), (int, float)):
+                    target[key] = row[key]

@@ -28,6 +28,11 @@ class CircuitBreaker:
         self._open = False
         self._probing = False
 
+    def retune(self, *, failures: int, open_s: float) -> None:
+        """New thresholds from a reloaded fleet.toml; the circuit's state and count stay."""
+        self.threshold = failures
+        self.open_s = open_s
+
     @property
     def state(self) -> str:
         """``closed``, ``open`` or ``half_open`` (open but past ``open_s``)."""

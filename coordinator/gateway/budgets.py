@@ -104,8 +104,19 @@ class Budgets:
         self.reserved_usd = 0.0
         self._tasks: dict[str, list[float]] = {}  # task → [usd, tokens] reserved
 
-    def reserve(self, claims: TokenClaims, estimate: Estimate) -> Reservation:
-        """Hold ``estimate`` for the request; BudgetError when it does not fit in what is left."""
+    def applies(self, claims: TokenClaims) -> bool:
+        """Whether any budget can refuse this token's requests (the fleet's, or its task's)."""
+        return self.ledger.config.fleet.max_usd > 0 or claims.max_usd is not None or claims.max_tokens is not None
+
+    def refusal(self, claims: TokenClaims, estimate: Estimate) -> BudgetError | None:
+        """The BudgetError a reservation of ``estimate`` would raise now, or None when it fits."""
+        try:
+            self._check(claims, estimate)
+        except BudgetError as exc:
+            return exc
+        return None
+
+    def _check(self, claims: TokenClaims, estimate: Estimate) -> None:
         task = claims.task_id
         held = self._tasks.get(task, [0.0, 0]) if task else [0.0, 0]
         spent = None
@@ -116,6 +127,11 @@ class Budgets:
                      fleet_max=self.ledger.config.fleet.max_usd, task_id=task, task_spent=spent,
                      max_usd=claims.max_usd, max_tokens=claims.max_tokens, estimate_usd=estimate.usd,
                      estimate_tokens=estimate.tokens if claims.max_tokens is not None else 0)
+
+    def reserve(self, claims: TokenClaims, estimate: Estimate) -> Reservation:
+        """Hold ``estimate`` for the request; BudgetError when it does not fit in what is left."""
+        task = claims.task_id
+        self._check(claims, estimate)
         self.reserved_usd += estimate.usd
         if task is not None:
             entry = self._tasks.setdefault(task, [0.0, 0])

@@ -40,13 +40,14 @@ class GatewayInfo:
     pid: int
     token: str
 
-    def task_token(self, task: Any, agent_id: str, *, attempt: int = 1, generation: int = 0) -> str:
-        """A token naming ``task`` (with its priority, budget, attempt and retry generation) for one attempt."""
+    def task_token(self, task: Any, agent_id: str, *, attempt: int = 1, generation: int = 0,
+                   agent_name: str | None = None) -> str:
+        """A token naming ``task`` (its priority, budget, labels, agent, attempt, retry generation) for one attempt."""
         from .tokens import task_token  # noqa: PLC0415  (hmac only, but keep agents lean)
 
         return task_token(self.token, task.id, agent=agent_id, priority=task.priority,
                           max_usd=task.max_usd, max_tokens=task.max_tokens_budget, attempt=attempt,
-                          generation=generation)
+                          generation=generation, agent_name=agent_name, labels=task.labels)
 
     def is_healthy(self) -> bool:
         """Whether the gateway answers its health check."""

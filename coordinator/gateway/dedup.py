@@ -8,7 +8,8 @@ received, so a waiter that joins late replays the events so far and then follows
 live (``Flight.follow``). A flight that completes successfully becomes a ``Reply``
 in the ``ResponseCache``; a failed, cancelled or partial one never does.
 
-The key (``dedup_key``) is a 128-bit BLAKE2b of the endpoint, the backend, the
+The key (``dedup_key``) is a 128-bit BLAKE2b of the endpoint, where it routes (alias,
+upstream model and backend connection: ``pipeline.Hop.identity``), the
 headers that change the answer (the dialect's ``key_headers``) and the canonical body (sorted keys, with ``stream``
 and ``metadata`` left out: Claude Code's runs of one prompt differ only in
 ``metadata.user_id``, and a streaming and a non-streaming request share one call).
@@ -33,11 +34,11 @@ _IGNORED_FIELDS = ("stream", "metadata")
 ENTRY_OVERHEAD = 640
 
 
-def dedup_key(dialect: Dialect, path: str, backend: str, headers: Mapping[str, str],
+def dedup_key(dialect: Dialect, path: str, route: str, headers: Mapping[str, str],
               body: Mapping[str, Any]) -> bytes:
     """The 128-bit identity of a request for dedup purposes (``dialect.key_headers`` change the answer)."""
     h = hashlib.blake2b(digest_size=16)
-    parts = [path, backend, *dialect.key_header_values(headers)]
+    parts = [path, route, *dialect.key_header_values(headers)]
     h.update("\0".join(parts).encode())
     canon = {k: v for k, v in body.items() if k not in _IGNORED_FIELDS}
     h.update(json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
@@ -55,6 +56,7 @@ class Reply:
     events: list[bytes] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     model: str = ""
+    routed: str = ""  # the alias that answered (x-coordinator-routed)
     # The other mode's rendering, built once on first need (stream ⇄ body).
     converted: Any = None
 
@@ -117,6 +119,7 @@ class Flight:
         self.waiters = 0
         self.events: list[bytes] = []
         self.headers: dict[str, str] = {}  # the upstream's response headers, once it answered
+        self.routed = ""  # the alias whose backend answered (or was tried last)
         self.reply: Reply | None = None
         self.error: BaseException | None = None
         self.started = False  # the first event (or the whole body) has arrived

@@ -96,6 +96,12 @@ class Redactor:
         self.values = [v for v in values if len(v) >= MIN_KEY_CHARS]
         self._raw = [v.encode() for v in self.values]
 
+    def learn(self, values: Iterable[str]) -> None:
+        """Redact these keys too (a reloaded fleet.toml may name another key variable)."""
+        known = set(self.values)
+        self.values = sorted(known | {v for v in values if len(v) >= MIN_KEY_CHARS}, key=len, reverse=True)
+        self._raw = [v.encode() for v in self.values]
+
     def text(self, text: str) -> str:
         """``text`` with every key replaced."""
         for value in self.values:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import BackendConfig
@@ -35,6 +36,14 @@ class TokenBucket:
         self.level = self.capacity
         self.clock = clock
         self.stamp = clock.now()
+        self.burst_s = burst_s
+
+    def retune(self, per_minute: float) -> None:
+        """A new rate, keeping what is in the bucket (and any debt) up to the new capacity."""
+        self._refill()
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * self.burst_s)
+        self.level = min(self.level, self.capacity)
 
     @property
     def unlimited(self) -> bool:
@@ -92,6 +101,16 @@ class Limiter:
         self._heap: list[_Waiter] = []
         self._seq = itertools.count()
         self._timer: asyncio.Task | None = None
+        self.observe_wait: Callable[[float], None] | None = None  # told each wait's seconds (a metric)
+
+    def retune(self, config: BackendConfig) -> None:
+        """New limits from a reloaded fleet.toml: buckets keep their level, waiters keep their place."""
+        self.rpm.retune(config.rpm)
+        self.input_tpm.retune(config.input_tpm)
+        self.output_tpm.retune(config.output_tpm)
+        self.max_concurrency = config.max_concurrency
+        if self._heap:
+            self._dispatch()  # a raised limit may let waiters go now
 
     @property
     def waiting(self) -> int:
@@ -114,8 +133,12 @@ class Limiter:
         waiter = _Waiter(priority, next(self._seq), input_tokens, asyncio.get_running_loop().create_future())
         heapq.heappush(self._heap, waiter)
         self._dispatch()
+        started = self.clock.now()
         try:
-            return await waiter.future
+            permit = await waiter.future
+            if self.observe_wait is not None:
+                self.observe_wait(self.clock.now() - started)
+            return permit
         except asyncio.CancelledError:
             # Granted in the same tick we were cancelled: give the slot back.
             if waiter.future.done() and not waiter.future.cancelled():

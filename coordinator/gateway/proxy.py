@@ -1,26 +1,29 @@
 """The request path: admission → dedup → (context cache, limits, breaker, retry in ``pipeline``) → response.
 
-``Proxy.handle`` serves the three inference endpoints. It authenticates, reads the
-body within its limits (``intake``) and parses it once, routes the model to a
-backend, checks the admission queue, reserves the request's budget (``budgets``),
-then either answers from the response cache, joins the flight already under way
-for an identical request, or launches a new flight. Clients are answered in the
-mode they asked for (stream or not), whatever mode the shared call used.
+``Proxy.handle`` serves the three inference endpoints. It takes the current
+configuration (a ``Snapshot``: the request keeps it to the end, whatever reloads
+meanwhile), authenticates, reads the body within its limits (``intake``) and
+parses it once, checks the admission queue, routes it (``routing.py``: rules, the
+requested alias, downgrades while the task's budget does not fit), reserves its
+budget at the routed alias (``budgets``), then either answers from the response
+cache, joins the flight already under way for an identical request to the same
+place, or launches a new flight. Clients are answered in the mode they asked for
+(stream or not), whatever mode the shared call used; every routed response names
+its alias in ``x-coordinator-routed``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from ..config import FleetConfig, ModelAlias
 from ..errors import BudgetError
-from .accounting import FREE, UNASSIGNED, Ledger, Price, Who, price_for
+from .accounting import UNASSIGNED, Ledger, Who
 from .apierrors import ApiError, from_exception
 from .budgets import Budgets, Estimate, Reservation, no_reservation
 from .intake import parse_json, read_body
@@ -28,73 +31,16 @@ from .context_cache import CHARS_PER_TOKEN, MIN_PREFIX_TOKENS, add_breakpoints, 
 from .dedup import Flight, FlightTable, Reply, ResponseCache, dedup_key
 from .dialects import Dialect
 from .metrics import GatewayMetrics
-from .pipeline import Call, Pipeline, Upstream
+from .pipeline import Call, Hop, Pipeline
+from .routing import Decision, Facts, Fits, Target
+from .snapshot import Snapshot
 from .tokens import TokenClaims, read_token
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 JSON_TYPE = "application/json"
+ROUTED = "x-coordinator-routed"
 _MAX_TOKEN_CACHE = 10_000
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a request's model goes: the backend chain, the upstream model name, its price.
-
-    ``would_be`` is the model's real price when the backend is free (echo): it bills
-    $0 and shows that apart.
-    """
-
-    chain: list[Upstream]
-    model: str
-    price: Price
-    would_be: Price | None = None
-
-
-class Router:
-    """Model aliases from fleet.toml → backend + upstream model; unknown names go to ``default``'s backend."""
-
-    def __init__(self, config: FleetConfig, upstreams: Mapping[str, Upstream]) -> None:
-        self.config = config
-        self.upstreams = upstreams
-        self._default_backend = (config.models["default"].backend if "default" in config.models
-                                 else ("default" if "default" in upstreams else next(iter(upstreams))))
-        self._prices: dict[tuple[str, str], Price] = {}  # (alias or "", model) → price, computed once
-
-    def resolve(self, dialect: Dialect, model: Any) -> Route | ApiError:
-        """The route for ``model`` on ``dialect``'s API, or a 400 naming the fix."""
-        name = model if isinstance(model, str) else ""
-        alias: ModelAlias | None = self.config.models.get(name)
-        backend = alias.backend if alias else self._default_backend
-        upstream_model = upstream_model_of(alias) if alias else name
-        primary = self.upstreams[backend]
-        if not primary.serves(dialect):
-            return ApiError(400, f"model {name!r} routes to backend {backend!r} ({primary.backend.kind}), which does "
-                                 f"not serve {dialect.title}; in fleet.toml map it under [models] to a backend "
-                                 f"that does, or call the endpoint of the API that backend speaks")
-        chain = [primary] + [self.upstreams[f] for f in primary.config.fallback
-                             if f in self.upstreams and self.upstreams[f].serves(dialect)]
-        price = self._prices.get((name if alias else "", upstream_model))
-        if price is None:
-            price = self._prices[(name if alias else "", upstream_model)] = price_for(upstream_model, alias)
-            if len(self._prices) > _MAX_TOKEN_CACHE:  # free-form model names must not grow it forever
-                self._prices.clear()
-        if primary.backend.kind == "echo":
-            return Route(chain, upstream_model, FREE, would_be=price)
-        return Route(chain, upstream_model, price)
-
-    def model_entries(self, created: int) -> list[tuple[str, str, int]]:
-        """The configured aliases for ``GET /v1/models``: (alias, "alias → upstream model", created)."""
-        return [(name, f"{name} → {upstream_model_of(alias)}", created)
-                for name, alias in self.config.models.items()]
-
-
-def upstream_model_of(alias: ModelAlias) -> str:
-    """The alias's upstream model; unset means the current default (read from the SDK, gateway only)."""
-    if alias.model is not None:
-        return alias.model
-    from ..backends.models import default_model  # noqa: PLC0415 - imports the anthropic SDK
-
-    return default_model()
+MB = 1024 * 1024
 
 
 def _token_of(request: web.Request) -> str:
@@ -107,25 +53,31 @@ def _token_of(request: web.Request) -> str:
 
 @dataclass
 class Ask:
-    """An admitted request: its parsed body, route, account, token claims and budget reservation."""
+    """An admitted request: its configuration, parsed body, route, account, token claims and reservation."""
 
+    snapshot: Snapshot
     dialect: Dialect
     body: dict[str, Any]
-    route: Route
+    decision: Decision
+    hops: list[Hop]
     who: Who
     claims: TokenClaims
     reservation: Reservation
     input_estimate: int
 
+    @property
+    def routed(self) -> str:
+        """The alias routing picked (the header of answers that did not come from a hop)."""
+        return self.decision.target.alias
+
 
 class Proxy:
     """The inference endpoints of one gateway."""
 
-    def __init__(self, *, config: FleetConfig, fleet_token: str, router: Router, pipeline: Pipeline,
+    def __init__(self, *, current: Callable[[], Snapshot], fleet_token: str, pipeline: Pipeline,
                  ledger: Ledger, metrics: GatewayMetrics, cache: ResponseCache) -> None:
-        self.config = config
+        self.current = current  # the configuration new requests run on (reload.py swaps it)
         self.fleet_token = fleet_token
-        self.router = router
         self.pipeline = pipeline
         self.ledger = ledger
         self.budgets = Budgets(ledger)
@@ -133,8 +85,12 @@ class Proxy:
         self.cache = cache
         self.flights = FlightTable()
         self.pending = 0
-        self.max_body_bytes = int(config.gateway.max_body_mb * 1024 * 1024)
         self._claims: dict[str, TokenClaims | None] = {}
+
+    @property
+    def max_body_bytes(self) -> int:
+        """``[gateway] max_body_mb`` of the current configuration, in bytes."""
+        return int(self.current().config.gateway.max_body_mb * MB)
 
     def authenticate(self, request: web.Request) -> TokenClaims | None:
         """The claims of the request's token, or None (→ 401). Verified tokens are remembered."""
@@ -155,58 +111,83 @@ class Proxy:
             self.metrics.rejected.labels("auth").inc()
             return _error(dialect, ApiError(401, "invalid gateway token: use the token from gateway.json or a task "
                                              "token the coordinator issued (x-api-key or Authorization: Bearer)"))
-        ask = await self._admit(request, dialect, claims)
-        if isinstance(ask, ApiError):
-            return _error(dialect, ask)
-        self.ledger.count_request(ask.who)
-        self.pending += 1
+        snapshot = self.current()
+        snapshot.users += 1  # its backends stay open while this request is admitted and launched
         try:
-            return await self._serve(request, ask)
-        except RecursionError:  # the body parsed but is too deep to encode again (dedup key, upstream body)
-            return _error(dialect, ApiError(400, "the request body is nested too deeply to read"))
+            ask = await self._admit(request, dialect, claims, snapshot)
+            if isinstance(ask, ApiError):
+                return _error(dialect, ask)
+            self.ledger.count_request(ask.who)
+            self.metrics.child(self.metrics.routed, ask.routed, ask.decision.how).inc()
+            self.pending += 1
+            try:
+                return await self._serve(request, ask)
+            except RecursionError:  # the body parsed but is too deep to encode again (dedup key, upstream body)
+                return _error(dialect, ApiError(400, "the request body is nested too deeply to read"), routed=ask.routed)
+            finally:
+                self.pending -= 1
+                if not ask.reservation.flight_owned:
+                    ask.reservation.release()
         finally:
-            self.pending -= 1
-            if not ask.reservation.flight_owned:
-                ask.reservation.release()
+            snapshot.users -= 1
 
-    async def _admit(self, request: web.Request, dialect: Dialect, claims: TokenClaims) -> Ask | ApiError:
+    async def _admit(self, request: web.Request, dialect: Dialect, claims: TokenClaims,
+                     snapshot: Snapshot) -> Ask | ApiError:
         """Read and check the body, route it, and reserve its budget; or the error to answer with."""
-        raw = await read_body(request, max_bytes=self.max_body_bytes, timeout_s=self.config.gateway.body_timeout_s)
+        settings = snapshot.config.gateway
+        raw = await read_body(request, max_bytes=int(settings.max_body_mb * MB), timeout_s=settings.body_timeout_s)
         if isinstance(raw, ApiError):
             self.metrics.rejected.labels("body").inc()
             return raw
         body = parse_json(raw, dialect)
         if isinstance(body, ApiError):
             return body
-        route = self.router.resolve(dialect, body.get("model"))
-        if isinstance(route, ApiError):
-            return route
-        if self.pending >= self.config.gateway.max_queue:
+        if self.pending >= settings.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
-            return ApiError(429, f"the gateway queue is full ({self.config.gateway.max_queue} requests waiting); "
+            return ApiError(429, f"the gateway queue is full ({settings.max_queue} requests waiting); "
                                  f"retry later or raise [gateway] max_queue", {"retry-after": "1"})
         input_estimate = len(raw) // CHARS_PER_TOKEN
-        estimate = Estimate.of(input_estimate, dialect.max_output_tokens(body), route.price)
+        billed = not request.path.endswith("/count_tokens")
+        max_output = dialect.max_output_tokens(body)
+        fits = self._fits(snapshot, claims, input_estimate, max_output) if billed else None
+        facts = Facts(claims.labels, claims.priority if claims.task_id else _priority(request, claims),
+                      claims.agent_name, input_estimate)
         try:
-            reservation = (self.budgets.reserve(claims, estimate) if not request.path.endswith("/count_tokens")
-                           else no_reservation())
+            decision = snapshot.table.decide(facts, body.get("model"), fits)
+            hops = snapshot.hops(decision.target, dialect)
+            if not hops:
+                return _unserved(decision, snapshot, dialect)
+            reservation = (self.budgets.reserve(claims, Estimate.of(input_estimate, max_output, hops[0].price))
+                           if billed else no_reservation())
         except BudgetError as exc:
             self.metrics.rejected.labels("budget").inc()
             return from_exception(exc)
-        who = Who(claims.task_id or UNASSIGNED, claims.agent, route.model, route.chain[0].name, claims.generation)
-        return Ask(dialect, body, route, who, claims, reservation, input_estimate)
+        target = hops[0].target
+        who = Who(claims.task_id or UNASSIGNED, claims.agent, target.model, hops[0].upstream.name, claims.generation,
+                  target.alias)
+        return Ask(snapshot, dialect, body, decision, hops, who, claims, reservation, input_estimate)
+
+    def _fits(self, snapshot: Snapshot, claims: TokenClaims, input_estimate: int, max_output: object) -> Fits | None:
+        """The budget check routing follows downgrades with (None when no budget applies to this token)."""
+        if not self.budgets.applies(claims):
+            return None
+
+        def fits(target: Target) -> BudgetError | None:
+            estimate = Estimate.of(input_estimate, max_output, snapshot.billing_price(target))
+            return self.budgets.refusal(claims, estimate)
+        return fits
 
     async def _serve(self, request: web.Request, ask: Ask) -> web.StreamResponse:
         path, dialect, body = request.path, ask.dialect, ask.body
         stream = body.get("stream") is True and not path.endswith("/count_tokens")
         no_store = request.headers.get("x-coordinator-cache", "").strip().lower() == "no-store"
-        use_dedup = self.config.gateway.dedup and not no_store
-        key = dedup_key(dialect, path, ask.route.chain[0].name, request.headers, body) if use_dedup else None
+        use_dedup = ask.snapshot.config.gateway.dedup and not no_store
+        key = dedup_key(dialect, path, ask.hops[0].identity, request.headers, body) if use_dedup else None
         # A retried attempt (attempt 2+, or after `coordinator retry`: a new generation) must not get
         # the answer that just failed it: no cache, but joining a flight in progress is fine.
         fresh = ask.claims.attempt > 1 or ask.claims.generation > 0
         if key is not None and not fresh and (reply := self.cache.get(key)) is not None:
-            self.ledger.record_shared(ask.who, "hit", reply.usage, ask.route.would_be or ask.route.price)
+            self.ledger.record_shared(ask.who, "hit", reply.usage, ask.hops[0].would_be or ask.hops[0].price)
             return _respond(dialect, reply, stream, body, "hit")
         flight = self.flights.get(key) if key is not None else None
         how = "joined"
@@ -222,8 +203,12 @@ class Proxy:
         call = self._build_call(request, ask, stream)
         ask.reservation.flight_owned = True  # settled by the pipeline when the call ends
         flight = Flight(key, stream)
+        flight.routed = ask.hops[0].target.alias
         self.flights.add(flight)
+        snapshot = ask.snapshot
+        snapshot.users += 1  # the flight runs on the configuration its request was admitted on
         flight.task = asyncio.get_running_loop().create_task(self._fly(flight, call))
+        flight.task.add_done_callback(lambda _: setattr(snapshot, "users", snapshot.users - 1))  # even if never run
         return flight
 
     async def _fly(self, flight: Flight, call: Call) -> None:
@@ -238,25 +223,25 @@ class Proxy:
                 self.metrics.cache_bytes.set(self.cache.bytes)
 
     def _build_call(self, request: web.Request, ask: Ask, stream: bool) -> Call:
-        dialect, body, route = ask.dialect, ask.body, ask.route
-        upstream_body = {**body, "model": route.model}
+        dialect, body, hops = ask.dialect, ask.body, ask.hops
+        upstream_body = {**body, "model": hops[0].target.model}
         strip_usage = stream and not dialect.streams_usage(body)
         if strip_usage:
             # Usage is needed for accounting; the chunk carrying it is kept from clients that did not ask.
             upstream_body = dialect.with_stream_usage(upstream_body)
         generates = request.path == dialect.generation_path
-        auto = self.config.gateway.context_cache == "auto"
+        auto = ask.snapshot.config.gateway.context_cache == "auto"
         if auto and generates and dialect.cache_marks:
             upstream_body = add_breakpoints(upstream_body)
         # The prefix hash costs a JSON dump: skip it when no barrier or routing could use it.
         big_enough = ask.input_estimate >= MIN_PREFIX_TOKENS
-        routed = any(len(upstream.config.base_urls) > 1 for upstream in route.chain)
+        routed = any(len(hop.upstream.config.base_urls) > 1 for hop in hops)
         prefix_key, prefix_tokens = shared_prefix(dialect, upstream_body) if big_enough or routed else (b"", 0)
         use_barrier = auto and generates and prefix_tokens >= MIN_PREFIX_TOKENS
         # Client headers go as they came: the backend forwards what the dialect's rules allow.
         return Call(dialect=dialect, path=request.path, body=upstream_body, stream=stream, headers=request.headers,
                     query=request.query_string, priority=_priority(request, ask.claims), who=ask.who,
-                    price=route.price, would_be=route.would_be, chain=route.chain, input_estimate=ask.input_estimate,
+                    hops=hops, input_estimate=ask.input_estimate,
                     prefix_key=prefix_key, strip_usage_chunk=strip_usage, reservation=ask.reservation,
                     barrier_key=prefix_key if use_barrier else None)
 
@@ -268,15 +253,15 @@ class Proxy:
         else:
             await flight.wait_done()
         if flight.error is not None and not flight.started:
-            return _error(dialect, from_exception(flight.error), how)
+            return _error(dialect, from_exception(flight.error), how, flight.routed)
         if flight.reply is not None:
             response: web.StreamResponse = _respond(dialect, flight.reply, stream, ask.body, how)
         elif not stream:  # a non-streaming client of a stream that broke part-way
-            return _error(dialect, from_exception(flight.error or RuntimeError("stream failed")), how)
+            return _error(dialect, from_exception(flight.error or RuntimeError("stream failed")), how, flight.routed)
         else:
             response = await _relay(request, flight, how)
         if how == "joined" and flight.reply is not None:  # served in full by someone else's call
-            self.ledger.record_shared(ask.who, how, flight.reply.usage, ask.route.would_be or ask.route.price)
+            self.ledger.record_shared(ask.who, how, flight.reply.usage, ask.hops[0].would_be or ask.hops[0].price)
         return response
 
 
@@ -290,14 +275,31 @@ def _priority(request: web.Request, claims: TokenClaims) -> int:
     return wanted if claims.task_id is None else max(wanted, claims.priority)  # lower number = sooner
 
 
-def _error(dialect: Dialect, error: ApiError, how: str | None = None) -> web.Response:
+def _error(dialect: Dialect, error: ApiError, how: str | None = None, routed: str = "") -> web.Response:
     headers = {**error.headers, "x-coordinator-dedup": how} if how else error.headers
+    if routed:
+        headers = {**headers, ROUTED: routed}
     return web.Response(status=error.status, body=error.render(dialect), content_type=JSON_TYPE, headers=headers)
+
+
+def _unserved(decision: Decision, snapshot: Snapshot, dialect: Dialect) -> ApiError:
+    """400 for a request routed to a backend that does not speak its API, naming why it went there and the fix."""
+    target = decision.target
+    kind = snapshot.upstreams[target.backend].backend.kind
+    if decision.rule is not None:
+        rule = snapshot.table.rules[decision.rule].label(decision.rule)
+        fix = f"{rule} sends it to alias {target.alias!r}; give the rule agent or labels conditions that keep " \
+              f"{dialect.title} requests away, or point the alias at a backend that serves them"
+    else:
+        fix = "in fleet.toml map it under [models] to a backend that does, or call the endpoint of the API " \
+              "that backend speaks"
+    return ApiError(400, f"model {decision.requested!r} routes to backend {target.backend!r} ({kind}), which does "
+                         f"not serve {dialect.title}; {fix}")
 
 
 def _respond(dialect: Dialect, reply: Reply, stream: bool, body: dict[str, Any], how: str) -> web.Response:
     """A finished reply in the mode the client asked for."""
-    headers = {**reply.headers, "x-coordinator-dedup": how}
+    headers = {**reply.headers, "x-coordinator-dedup": how, ROUTED: reply.routed}
     if stream:
         if reply.stream:
             payload = b"".join(reply.events)
@@ -322,7 +324,8 @@ def _body_of(dialect: Dialect, reply: Reply) -> dict[str, Any]:
 async def _relay(request: web.Request, flight: Flight, how: str) -> web.StreamResponse:
     """Replay what the stream delivered so far, then follow it live."""
     response = web.StreamResponse(status=200, headers={**flight.headers, "content-type": SSE_TYPE,
-                                                       "cache-control": "no-cache", "x-coordinator-dedup": how})
+                                                       "cache-control": "no-cache", "x-coordinator-dedup": how,
+                                                       ROUTED: flight.routed})
     await response.prepare(request)
     async for data in flight.follow():
         await response.write(data)

@@ -2,11 +2,13 @@
 
 ``Gateway`` is the library object (``coordinator run`` embeds it with
 ``start_in_thread``; ``coordinator gateway`` blocks in ``serve_forever``; both first
-call ``keys.protect_keys``). It builds one ``Upstream`` per ``[backends.*]`` table
-from the API keys in the ``env`` mapping it is given (keys go to backends only:
-never to a file, and redacted from every error and log line), serves the inference
-endpoints through ``Proxy`` plus ``/metrics``, ``/healthz``, ``/health``,
-``/v1/models``, the stats endpoints and the task API (``serve/``, docs/api.md), writes ``gateway.json`` (url, pid, token;
+call ``keys.protect_keys``). Its ``Reloader`` builds one ``Upstream`` per
+``[backends.*]`` table from the API keys in the ``env`` mapping it is given (keys go
+to backends only: never to a file, and redacted from every error and log line), and
+swaps in a new configuration when fleet.toml changes (``reload.py``). It serves the
+inference endpoints through ``Proxy`` plus ``/metrics``, ``/healthz``, ``/health``,
+``/v1/models``, the stats endpoints, ``POST /v1/coordinator/config/reload`` and the
+task API (``serve/``, docs/api.md), writes ``gateway.json`` (url, pid, token;
 mode 0600) and keeps ``gateway-stats.json`` current so totals and budgets survive a
 restart. Connections are capped and timed (``connections.py``).
 """
@@ -32,6 +34,7 @@ from ..atomic import PRIVATE_DIR, PRIVATE_FILE, write_json_atomic
 from ..config import FleetConfig
 from ..clock import REAL_CLOCK, Clock
 from ..serve import TaskApi, mount_task_api
+from ..serve.access import FLEET, guarded
 from .client import gateway_path, stats_path
 from .accounting import Ledger, empty_stats
 from .apierrors import ApiError
@@ -43,12 +46,14 @@ from .keys import Redactor, key_values, protect_keys
 from .logthrottle import LogGuard, install
 from .metrics import BREAKER_VALUES, GatewayMetrics
 from .pipeline import Pipeline, Upstream
-from .proxy import Proxy, Router
+from .proxy import Proxy
+from .reload import Reloader
+from .scrape import FleetFigures
+from .stats_file import StatsFile
 from .tokens import new_fleet_token
 
 log = logging.getLogger("coordinator.gateway")
 
-SAVE_EVERY_S = 1.0
 LISTEN_BACKLOG = 4096  # 1,000 clients connecting at once must not overflow the accept queue
 
 
@@ -70,20 +75,38 @@ class Gateway:
         self.log_guard = LogGuard(self.redactor)
         self.cache = ResponseCache(ttl_s=config.gateway.cache_ttl_s,
                                    max_bytes=int(config.gateway.cache_max_mb * 1024 * 1024), clock=clock)
-        self.upstreams = {name: Upstream(name, backend, config.backends[name], clock)
-                          for name, backend in (backends or _make_backends(config, env)).items()}
-        barrier = WarmupBarrier(wait_s=config.gateway.warmup_wait_s, clock=clock)
-        pipeline = Pipeline(ledger=self.ledger, metrics=self.metrics, barrier=barrier, clock=clock, rand=rand,
+        self.barrier = WarmupBarrier(wait_s=config.gateway.warmup_wait_s, clock=clock)
+        self.reloader = Reloader(config, env, clock=clock, metrics=self.metrics, redactor=self.redactor,
+                                 on_apply=self._apply, note=self._note, backends=backends)
+        pipeline = Pipeline(ledger=self.ledger, metrics=self.metrics, barrier=self.barrier, clock=clock, rand=rand,
                             redactor=self.redactor)
-        self.proxy = Proxy(config=config, fleet_token=self.token, router=Router(config, self.upstreams),
-                           pipeline=pipeline, ledger=self.ledger, metrics=self.metrics, cache=self.cache)
+        self.proxy = Proxy(current=lambda: self.reloader.current, fleet_token=self.token, pipeline=pipeline,
+                           ledger=self.ledger, metrics=self.metrics, cache=self.cache)
+        self.figures = FleetFigures(config, self.metrics.fleet)
+        self.stats_file = StatsFile(self.ledger, stats_path(config))
         self._runner: web.AppRunner | None = None
         self._site: CappedSite | None = None
         self._saver: asyncio.Task | None = None
-        self._saved_version = -1
+        self._watcher: asyncio.Task | None = None
         self._unguard_logs: Callable[[], None] | None = None
         self.api: TaskApi | None = None  # the task API (serve/), once app() has built the routes
         self.started_at = 0
+
+    @property
+    def upstreams(self) -> dict[str, Upstream]:
+        """The current configuration's backends by name."""
+        return self.reloader.current.upstreams
+
+    def _apply(self, config: FleetConfig) -> None:
+        """A reloaded fleet.toml's gateway-wide settings (the rest lives in its snapshot)."""
+        self.ledger.config = config  # [fleet] max_usd
+        self.cache.ttl_s, self.cache.max_bytes = config.gateway.cache_ttl_s, int(config.gateway.cache_max_mb * 2**20)
+        self.barrier.wait_s = config.gateway.warmup_wait_s
+
+    def _note(self, kind: str, **fields: Any) -> None:
+        """One event in events.jsonl (blocking: the reloader calls it on a worker thread)."""
+        if self.api is not None:
+            self.api.store.append_event(kind, **fields)
 
     @property
     def state_path(self) -> Path:
@@ -108,6 +131,7 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/coordinator/stats", self._stats)
         app.router.add_get("/v1/coordinator/usage/{task_id}", self._usage)
+        app.router.add_post("/v1/coordinator/config/reload", guarded(self._reload, FLEET, self.proxy.authenticate))
         self.api = mount_task_api(app, self.config, self.proxy.authenticate,
                                   lambda: self.ledger.check_budget(None, None, None), self.clock)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -115,7 +139,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Load saved totals, bind 127.0.0.1, serve, and write gateway.json."""
-        self._load_stats()
+        self.stats_file.load()
         self._unguard_logs = install(self.log_guard)
         self.started_at = int(self.clock.wall())
         settings = self.config.gateway
@@ -136,20 +160,21 @@ class Gateway:
         self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         write_json_atomic(self.state_path, {"url": self.url, "pid": os.getpid(), "token": self.token},
                           mode=PRIVATE_FILE, indent=1)
-        self._saver = asyncio.get_running_loop().create_task(self._save_loop())
+        self._saver = asyncio.get_running_loop().create_task(self.stats_file.save_forever())
+        self._watcher = asyncio.get_running_loop().create_task(self.reloader.watch_forever())
         log.info("gateway: serving on %s (%d backends)", self.url, len(self.upstreams))
 
     async def stop(self) -> None:
         """Stop serving, save totals, close backends, and remove gateway.json if it is ours."""
-        if self._saver is not None:
-            self._saver.cancel()
-            self._saver = None
+        for task in (self._saver, self._watcher):
+            if task is not None:
+                task.cancel()
+        self._saver = self._watcher = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         self.save_stats(force=True)
-        for upstream in self.upstreams.values():
-            await upstream.backend.aclose()
+        await self.reloader.close()
         self._remove_state_file()
         log.info("gateway: stopped")
         if self._unguard_logs is not None:
@@ -165,41 +190,18 @@ class Gateway:
             self.state_path.unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any]:
-        """Totals and per-scope stats, with each backend's breaker and queue."""
+        """Totals and per-scope stats, with each backend's breaker and queue, and the configuration served."""
         data = self.ledger.snapshot()
         for name, upstream in self.upstreams.items():
             row = data["backends"].setdefault(name, dict(empty_stats()))
             row.update(breaker=upstream.breaker.state, in_flight=upstream.limiter.active,
                        queued=upstream.limiter.waiting)
+        data["config"] = self.reloader.status()
         return data
 
     def save_stats(self, *, force: bool = False) -> None:
         """Write gateway-stats.json when the totals changed since the last write."""
-        version = self.ledger.version
-        if not force and version == self._saved_version:
-            return
-        write_json_atomic(self.stats_path, self.ledger.snapshot(), mode=PRIVATE_FILE, indent=1)
-        self._saved_version = version
-
-    def _load_stats(self) -> None:
-        try:
-            data = json.loads(self.stats_path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("gateway: ignoring unreadable %s (%s); totals start from zero", self.stats_path, exc)
-            return
-        if isinstance(data, dict):
-            self.ledger.load(data)
-            self._saved_version = self.ledger.version
-
-    async def _save_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SAVE_EVERY_S)
-            try:
-                self.save_stats()
-            except OSError as exc:
-                log.warning("gateway: could not save %s: %s", self.stats_path, exc)
+        self.stats_file.save(force=force)
 
     def _authorized(self, request: web.Request) -> bool:
         return self.proxy.authenticate(request) is not None
@@ -234,7 +236,7 @@ class Gateway:
         dialect = _dialect_of(request)
         if not self._authorized(request):
             return _json_error(ApiError(401, "invalid gateway token"), dialect)
-        return web.json_response(dialect.model_list(self.proxy.router.model_entries(self.started_at)))
+        return web.json_response(dialect.model_list(self.reloader.current.model_entries(self.started_at)))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text, for the fleet token only (scrape with ``authorization: Bearer <token>``)."""
@@ -244,8 +246,15 @@ class Gateway:
                                _dialect_of(request))
         for name, upstream in self.upstreams.items():
             self.metrics.breaker.labels(name).set(BREAKER_VALUES[upstream.breaker.state])
+            self.metrics.queued.labels(name).set(upstream.limiter.waiting)
         self.metrics.pending.set(self.proxy.pending)
+        await self.figures.refresh()
         return web.Response(body=self.metrics.render(), headers={"content-type": self.metrics.content_type})
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        """Reload fleet.toml now (the fleet token): ``{"reloaded", "generation", ...}`` or 400 ``invalid_config``."""
+        status, data = await self.reloader.reload()
+        return web.json_response(data, status=status)
 
     async def _stats(self, request: web.Request) -> web.Response:
         """Fleet-wide figures: the fleet token only (a task must not read other tasks' usage)."""
@@ -290,13 +299,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((address, port))
     return sock
-
-
-def _make_backends(config: FleetConfig, env: Mapping[str, str]) -> dict[str, Backend]:
-    # Imported here: backend modules may pull in SDKs that are slow to import.
-    from ..backends import make_backend
-
-    return {name: make_backend(name, backend, env) for name, backend in config.backends.items()}
 
 
 class GatewayHandle:

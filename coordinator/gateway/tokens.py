@@ -1,7 +1,8 @@
 """Gateway tokens: one fleet token, and signed per-task tokens that describe themselves.
 
 A task token is ``cgt.<claims>.<signature>``: ``claims`` is base64url compact JSON
-(task id, agent, priority, per-task budget, attempt, retry generation) and ``signature`` is HMAC-SHA256 of
+(task id, agent, priority, per-task budget, attempt, retry generation, and what
+routing rules match on: the task's labels and its ``[agents.NAME]``) and ``signature`` is HMAC-SHA256 of
 ``claims`` keyed by the fleet token. The gateway therefore knows a request's task,
 priority and budget from its token alone, with no lookup table, and nobody without
 the fleet token can mint one. Comparisons use ``hmac.compare_digest``.
@@ -34,6 +35,8 @@ class TokenClaims:
     max_tokens: int | None = None
     attempt: int = 1  # the task's attempt: a retried attempt must not be served a cached answer
     generation: int = 0  # raised by `coordinator retry`: the task's budget starts afresh
+    agent_name: str | None = None  # the task's [agents.NAME], for routing rules
+    labels: frozenset[str] = frozenset()  # the task's labels, for routing rules
 
 
 FLEET_CLAIMS = TokenClaims()
@@ -59,10 +62,11 @@ def _sign(fleet_token: str, payload: str) -> str:
 
 def task_token(fleet_token: str, task_id: str, *, agent: str | None = None, priority: int = 2,
                max_usd: float | None = None, max_tokens: int | None = None, attempt: int = 1,
-               generation: int = 0) -> str:
+               generation: int = 0, agent_name: str | None = None, labels: list[str] | None = None) -> str:
     """A token for one task, signed with the fleet token; it carries the task's claims."""
     claims = {"t": task_id, "a": agent, "p": int(priority), "u": max_usd, "k": max_tokens,
-              "n": attempt if attempt != 1 else None, "g": generation or None}
+              "n": attempt if attempt != 1 else None, "g": generation or None, "r": agent_name,
+              "l": sorted(labels) if labels else None}
     data = {k: v for k, v in claims.items() if v is not None}
     payload = _b64(json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
     return f"{TASK_PREFIX}{payload}.{_sign(fleet_token, payload)}"
@@ -90,7 +94,8 @@ def _parse_claims(payload: str) -> TokenClaims | None:
             return None
         return TokenClaims(task_id=task_id, agent=data.get("a"), priority=int(data.get("p", 2)),
                            max_usd=data.get("u"), max_tokens=data.get("k"), attempt=int(data.get("n", 1)),
-                           generation=int(data.get("g", 0)))
+                           generation=int(data.get("g", 0)), agent_name=data.get("r"),
+                           labels=frozenset(map(str, data.get("l") or ())))
     except (ValueError, KeyError, TypeError, binascii.Error):
         # Signed by us, so this is only reachable if a future format changes; reject.
         return None

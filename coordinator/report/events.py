@@ -17,7 +17,8 @@ from ..tasks import TaskSet
 # Event kinds worth showing a person (state changes and process restarts); the rest are audit detail.
 SHOWN_EVENTS = frozenset({"claimed", "done", "failed", "retrying", "reclaimed", "released", "fenced", "cancelled",
                           "retried", "agent_exited", "agent_spawned", "agent_hung",
-                          "landed", "conflict", "gate_failed", "land_fenced", "salvaged"})
+                          "landed", "conflict", "gate_failed", "land_fenced", "salvaged",
+                          "config_reloaded", "config_refused"})
 # An attempt ended: the task is done, failed for good, waiting for another attempt, or cancelled.
 OUTCOME_EVENTS = frozenset({"done", "failed", "retrying", "cancelled", "landed", "conflict", "gate_failed"})
 AGENT_EVENTS = frozenset({"agent_exited", "agent_spawned", "agent_hung"})

@@ -16,6 +16,7 @@ from ..atomic import read_json
 from ..config import FleetConfig
 from ..errors import TaskError
 from ..fleet.workspace import run_dirs, runs_root
+from ..gateway.client import stats_path
 from ..queue.view import QueueView
 from ..store import Claim, Record, Store, open_store
 from ..tasks import InvalidFile, State, TaskSet
@@ -119,7 +120,17 @@ def task_detail(config: FleetConfig, task_id: str) -> dict[str, Any]:
             "reason": row.reason, "record": record.to_json() if record else None,
             "claim": claim.to_json() if claim else None, "runs_dir": str(runs),
             "run_usage": [read_json(p) for p in sorted(runs.glob("*/usage.json"))],
-            "last_run_prompt": last_run_prompt(config, task_id, task.rendered_prompt())}
+            "last_run_prompt": last_run_prompt(config, task_id, task.rendered_prompt()),
+            "routing": task_routing(config, task_id, record)}
+
+
+def task_routing(config: FleetConfig, task_id: str, record: Record | None) -> dict[str, Any] | None:
+    """The task's usage per alias it was routed to (gateway/routing.py): as the gateway saved it last, else as
+    its record kept it when its last run ended; None when it made no request through the gateway."""
+    saved = read_json(stats_path(config))
+    rows = ((saved.get("task_aliases") or {}).get(task_id) if isinstance(saved, dict) else None) \
+        or ((record.usage or {}).get("aliases") if record is not None else None)
+    return rows if isinstance(rows, dict) and rows else None
 
 
 def last_run_prompt(config: FleetConfig, task_id: str, current: str) -> dict[str, Any] | None:

@@ -22,6 +22,10 @@ from ..store import Store, open_store
 from .rows import FleetSnapshot, snapshot
 
 
+# What status shows per [models] alias (the routing of requests: gateway/routing.py).
+ALIAS_KEYS = ("requests", "upstream_calls", "input_tokens", "output_tokens", "usd")
+
+
 def build_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = None,
                  store: Store | None = None) -> dict[str, Any]:
     """The whole report as the stable JSON shape of `status --json`, as of wall time ``now``.
@@ -67,6 +71,9 @@ def fleet_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
         problems.append(f"{len(invalid)} invalid task file(s)")
     if gateway.get("unreachable"):
         problems.append("gateway unreachable")
+    if (gateway.get("config") or {}).get("refused"):
+        problems.append(f"the gateway refused fleet.toml and still serves the last good one: "
+                        f"{gateway['config']['refused']['error']}")
     report = {"tasks": snap.counts(), "agents": agents, "gateway": gateway, "stale_claims": stale,
               "invalid_files": invalid, "healthy": not problems, "problems": problems, "paused": store.is_paused()}
     if config.workspace.mode == "worktree":
@@ -74,6 +81,21 @@ def fleet_status(config: FleetConfig, now: float, snap: FleetSnapshot | None = N
 
         report["merge_queue"] = merge_queue(store)
     return report
+
+
+def fleet_figures(config: FleetConfig, now: float, store: Store) -> dict[str, Any]:
+    """The fleet's numbers for the gateway's ``/metrics``: tasks by state, agents by state, the merge queue."""
+    agents: dict[str, int] = {}
+    for data in store.read_agents():
+        state = agent_row(data, now, config.fleet.lease_s)["state"]
+        agents[state] = agents.get(state, 0) + 1
+    figures = {"tasks": snapshot(config, store).counts(), "agents": agents,
+               "agents_alive": sum(n for state, n in agents.items() if state not in ("dead", "stopped"))}
+    if config.workspace.mode == "worktree":
+        from .merge_queue import merge_queue  # noqa: PLC0415  (only fleets with workspaces)
+
+        figures["merge_queue"] = merge_queue(store)
+    return figures
 
 
 def agent_row(data: dict[str, Any], now: float, lease_s: float) -> dict[str, Any]:
@@ -109,4 +131,8 @@ def gateway_status(config: FleetConfig) -> dict[str, Any]:
     for key in STAT_KEYS:
         value = stats.get(key, 0)
         out[key] = round(float(value), 6) if key.startswith("usd") else int(value or 0)
+    out["aliases"] = {alias: {key: row.get(key, 0) for key in ALIAS_KEYS}
+                      for alias, row in (stats.get("aliases") or {}).items() if isinstance(row, dict)}
+    if isinstance(stats.get("config"), dict):  # a live gateway: the fleet.toml generation it serves
+        out["config"] = stats["config"]
     return out

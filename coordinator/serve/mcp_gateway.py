@@ -44,8 +44,13 @@ def infer(config: FleetConfig, prompt: str, *, system: str | None, model: str | 
             "usage": data.get("usage") or {}, "dedup": response.headers.get("x-coordinator-dedup")}
 
 
-def reload(config: FleetConfig) -> dict[str, str]:
-    """Ask a running gateway to reload fleet.toml: ``{"status", "message"}``, never an error (the file is written)."""
+def reload(config: FleetConfig) -> dict[str, Any]:
+    """Ask a running gateway to reload fleet.toml: ``{"status", "message", ...}``, never an error (the file is written).
+
+    A reload answers ``{"reloaded", "generation", "changed", "restart_needed"}``
+    (docs/gateway.md, "Reload"); those are passed on. The gateway's own watcher may
+    have taken the new file already, and then ``changed`` is empty.
+    """
     info = read_gateway(config)
     if info is None:
         return {"status": "no_gateway", "message": "no gateway is running; the next one starts with this fleet.toml"}
@@ -56,8 +61,13 @@ def reload(config: FleetConfig) -> dict[str, str]:
     if response.status_code == 404:  # a gateway without live reload: it reads the file from disk
         return {"status": "on_disk", "message": "fleet.toml is written; the gateway picks it up from disk"}
     if response.is_success:
-        return {"status": "reloaded", "message": "the gateway reloaded fleet.toml; in-flight requests finish on "
-                                                 "the old config"}
+        data = _json(response)
+        restart = [str(key) for key in data.get("restart_needed") or []]
+        later = f"; {', '.join(restart)} take effect when the gateway restarts" if restart else ""
+        return {"status": "reloaded", "message": f"the gateway reloaded fleet.toml; in-flight requests finish on "
+                                                 f"the old config{later}",
+                "generation": data.get("generation"), "changed": [str(key) for key in data.get("changed") or []],
+                "restart_needed": restart}
     return {"status": "refused", "message": f"fleet.toml is written, but the gateway kept its old config: "
                                             f"{_message(_json(response), response)}"}
 

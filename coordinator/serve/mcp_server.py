@@ -109,6 +109,9 @@ class Reload(_Out):
     status: str = Field(description="reloaded, on_disk (it reads the file itself), no_gateway, unchanged, "
                                     "unreachable, refused")
     message: str
+    generation: int | None = Field(None, description="reloaded: the configuration's generation now")
+    changed: list[str] = Field([], description="reloaded: what changed (backends.NAME, models, routing, ...)")
+    restart_needed: list[str] = Field([], description="reloaded: keys that wait for a gateway restart")
 
 
 class Configured(_Out):

@@ -90,6 +90,7 @@ class TaskDetail(BaseModel):
     last_run_prompt: dict[str, Any] | None = Field(None, description="the prompt the latest run used, when the "
                                                                       "task file has changed it since")
     problems: list[str] | None = Field(None, description="every problem of an invalid task")
+    routing: dict[str, Any] | None = Field(None, description="usage per [models] alias the task was routed to")
 
 
 class TaskAction(_Body):

@@ -85,6 +85,8 @@ def task_detail(data: dict[str, Any], console: Console | None = None) -> None:
     lines += [history_line(entry) for entry in record.get("history", [])]
     if record.get("usage"):
         lines.append(f"usage: {usage_text(record['usage'])}")
+    for alias, row in (data.get("routing") or {}).items():
+        lines.append(f"routed to {alias}: {usage_text(row)}")
     if record.get("branch"):  # workspaces
         lines.append(f"branch {record['branch']}  base {str(record.get('base'))[:12]}  "
                      f"tip {str(record.get('tip'))[:12]}  landed {str(record.get('landed') or '-')[:12]}  "
@@ -197,12 +199,21 @@ def agents_table(agents: list[dict[str, Any]], tokens: dict[str, int] | None = N
 
 
 def gateway_line(gateway: dict[str, Any]) -> Text:
-    """Requests, upstream calls, dedup and cache figures, USD and USD saved."""
+    """Requests, upstream calls, dedup and cache figures, USD and USD saved; requests per alias; config refusals."""
     where = gateway["url"] if gateway["running"] else ("unreachable" if gateway.get("unreachable") else "stopped")
-    return Text(f"gateway {where}  requests {gateway['requests']}  upstream {gateway['upstream_calls']}  "
+    text = Text(f"gateway {where}  requests {gateway['requests']}  upstream {gateway['upstream_calls']}  "
                 f"joined {gateway['dedup_joined']}  hits {gateway['dedup_hits']}  "
                 f"cache read {gateway['cache_read_tokens']} / write {gateway['cache_write_tokens']} tok  "
                 f"${gateway['usd']:.4f} (saved ${gateway['usd_saved']:.4f})")
+    aliases = gateway.get("aliases") or {}
+    if len(aliases) > 1 or set(aliases) - {"default"}:  # routing is in use: where requests went
+        text.append("\nrouted  " + "  ".join(f"{alias} {row['requests']} req ${float(row['usd']):.4f}"
+                                             for alias, row in aliases.items()))
+    config = gateway.get("config") or {}
+    if config.get("refused"):
+        text.append(f"\nfleet.toml refused (still serving generation {config['generation']}): "
+                    f"{config['refused']['error']}", style="bold red")
+    return text
 
 
 def print_status(status: dict[str, Any], console: Console | None = None) -> None:
