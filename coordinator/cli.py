@@ -345,6 +345,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to make a fleet 
 # The commands that change the queue, and those about fleet.toml, live beside this module; importing registers them.
 from . import cli_config, cli_queue  # noqa: E402, F401
 from . import cli_serve  # noqa: E402, F401  (`coordinator ui`)
+from . import cli_mcp  # noqa: E402, F401  (`coordinator mcp`, DESIGN §11)
 
 
 def _help_command() -> str:

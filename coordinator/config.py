@@ -206,6 +206,9 @@ class AgentConfig(_Strict):
     sandbox: Literal["none", "bwrap"] = "none"  # command agents: run under bubblewrap (runners/sandbox.py)
     workspace: Literal["worktree", "shared"] | None = None  # "shared": this agent works in the primary checkout
     own_config_dir: bool = True  # command agents: a CLAUDE_CONFIG_DIR of their own (fleet/homes.py)
+    # Claude Code agents (command[0] named `claude`) get --strict-mcp-config: no MCP server from the user's
+    # or the project's settings (such as `coordinator mcp` itself) reaches an agent the fleet runs.
+    strict_mcp_config: bool = True
 
     @field_validator("command")
     @classmethod

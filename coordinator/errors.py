@@ -13,6 +13,7 @@
     ├── FleetRunningError(pid)          a second `coordinator run` (or gateway) in a fleet root that has one
     ├── NoGatewayError(root, url)       no gateway serves the fleet (or it did not answer)
     ├── BudgetError(scope, limit)       a task or the fleet is past its budget
+    ├── QueueFullError(limit, waiting)  [fleet] max_pending tasks are waiting: no new task is admitted
     ├── GitError(argv, returncode)      a git command of the workspace lifecycle failed
     └── BackendError(backend)
         ├── RetryableError(retry_after_s)
@@ -160,6 +161,17 @@ class BudgetError(CoordinatorError):
         self.scope = scope
         self.limit = limit
         super().__init__(message)
+
+
+class QueueFullError(CoordinatorError):
+    """``[fleet] max_pending`` tasks are waiting (pending or blocked): a new task is not admitted now."""
+
+    def __init__(self, *, limit: int, waiting: int, retry_after_s: int = 5) -> None:
+        self.limit = limit
+        self.waiting = waiting
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{waiting} tasks are waiting and [fleet] max_pending is {limit}; retry later, or raise "
+                         "max_pending in fleet.toml")
 
 
 class GitError(CoordinatorError):

@@ -61,6 +61,7 @@ shared_context = ["context/*.md"]   # every task sees these first: the shared, c
 # # The gateway sets ANTHROPIC_BASE_URL and a per-task ANTHROPIC_API_KEY; these keep Claude Code
 # # from calling anything but the gateway (telemetry, update checks), so it also runs offline.
 # env = { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1", DISABLE_AUTOUPDATER = "1" }
+# strict_mcp_config = true          # the default: --strict-mcp-config, so none of your MCP servers reach it
 
 # [workspace]                       # each claim in its own git worktree, landed through a merge queue
 # mode = "worktree"

@@ -85,6 +85,17 @@ def snapshot(config: FleetConfig, store: Store | None = None) -> FleetSnapshot:
     return FleetSnapshot(rows=rows, taskset=view.taskset, records=records, claims=store.list_claims())
 
 
+def task_page(snap: FleetSnapshot, state: str | None, start: int, limit: int) -> dict[str, Any]:
+    """``limit`` rows from the ``start``-th (of those in ``state``, if given), and the cursor of the next page.
+
+    The page of the HTTP API's ``GET /tasks`` and the MCP ``list_tasks``: the cursor is
+    the next row's position, as a string, and None on the last page.
+    """
+    rows = [row for row in snap.rows if state is None or row.state == state]
+    end = start + limit
+    return {"tasks": rows[start:end], "next_cursor": str(end) if end < len(rows) else None}
+
+
 def invalid_row(bad: InvalidFile) -> TaskRow:
     """An invalid file or task as a row: its id when it has a well-formed one, else its path."""
     return TaskRow(id=bad.task_id or bad.path, state=str(State.INVALID), priority=None, title="", attempts=0,

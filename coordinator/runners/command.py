@@ -36,7 +36,21 @@ def build_argv(ctx: RunContext) -> list[str]:
               "{conflict_file}": str(ctx.conflict_file or "")}
     # One pass over each template: a placeholder inside a substituted value (a prompt that
     # says "{workdir}") is text, never substituted again.
-    return [PLACEHOLDER.sub(lambda match: values[match.group(0)], arg) for arg in ctx.agent.command]
+    argv = [PLACEHOLDER.sub(lambda match: values[match.group(0)], arg) for arg in ctx.agent.command]
+    return argv + strict_mcp_flags(argv, strict=ctx.agent.strict_mcp_config)
+
+
+def strict_mcp_flags(argv: list[str], *, strict: bool) -> list[str]:
+    """``["--strict-mcp-config"]`` for a Claude Code argv that lacks it (``strict_mcp_config = false`` opts out).
+
+    A fleet agent must not inherit the MCP servers of the user's or the project's
+    Claude Code settings, above all not ``coordinator mcp``, through which an agent
+    could feed its own fleet (DESIGN §11). With the flag, Claude Code uses only the
+    servers of ``--mcp-config`` arguments the agent's command gives itself.
+    """
+    if not strict or not argv or Path(argv[0]).name != "claude" or "--strict-mcp-config" in argv:
+        return []
+    return ["--strict-mcp-config"]
 
 
 def build_env(ctx: RunContext) -> dict[str, str]:

@@ -1,15 +1,17 @@
-"""Admission of new tasks (``POST /tasks``): validate, then the queue and budget limits, then write.
+"""Admission of new tasks (``POST /tasks``, the MCP ``enqueue``): validate, then the queue and budget limits, then write.
 
-The order is the contract's: a bad task is 400 and a taken id 409 whatever the
-load; an identical resubmit is 200 without counting against anything; only new
-tasks meet the limits: 429 ``queue_full`` when ``[fleet] max_pending`` tasks are
-waiting (pending or blocked; 0 = no limit), 429 ``budget_exhausted`` when the fleet
-has spent ``[fleet] max_usd`` (the gateway's ledger decides, as for inference).
-Checking and writing hold ``queue.ops.writing_lock``, so concurrent requests to
-one server cannot both squeeze past ``max_pending``. The server keeps one
-``QueueView`` for it, brought up to date by a folder scan and the event feed
-since the last submission, instead of reading every record per request (which
-made a POST cost O(records): docs/performance.md, "Control plane").
+The order is the contract's: a bad task (``ConfigError``, 400) and a taken id
+(``TaskError``, 409) are refused whatever the load; an identical resubmit is
+accepted without counting against anything; only new tasks meet the limits:
+``QueueFullError`` (429 ``queue_full``) when ``[fleet] max_pending`` tasks are
+waiting (pending or blocked; 0 = no limit), ``BudgetError`` (429
+``budget_exhausted``) when the fleet has spent ``[fleet] max_usd`` (the gateway's
+ledger decides, as for inference). Checking and writing hold
+``queue.ops.writing_lock``, so concurrent requests to one server cannot both
+squeeze past ``max_pending``. Plain data and errors: each surface renders them.
+A server keeps one ``QueueView`` for it, brought up to date by a folder scan and
+the event feed since the last submission, instead of reading every record per
+request (which made a POST cost O(records): docs/performance.md, "Control plane").
 """
 
 from __future__ import annotations
@@ -18,25 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from ..config import FleetConfig
+from ..errors import QueueFullError
 from ..queue import ops
 from ..queue.view import QueueView
 from ..store import open_store
 from ..tasks import State
-from .access import error
-
-QUEUE_FULL_RETRY_S = 5
 
 
 @dataclass
 class Outcome:
-    """What a submission came to: each task's accepted row and whether it was created, or a refusal."""
+    """What a submission came to: each task's accepted row and whether this call created it."""
 
     accepted: list[dict[str, Any]] = field(default_factory=list)
     created: list[bool] = field(default_factory=list)
-    refusal: web.Response | None = None
 
 
 class Admission:
@@ -48,15 +45,13 @@ class Admission:
         self.view: QueueView | None = None  # made on the first submission, kept current after
 
     def submit(self, tables: list[Any], batch: bool) -> Outcome:
-        """Validate and write ``tables`` (ConfigError 400, TaskError 409, BudgetError 429); runs on a thread."""
+        """Validate and write ``tables`` (ConfigError, TaskError, QueueFullError, BudgetError); runs on a thread."""
         with ops.writing_lock():
             view = self._current_view()
             prepared = ops.prepare_tables(self.config, tables, batch=batch, taskset=view.taskset)
             new = sum(item.is_new for item in prepared)
             if new:
-                refusal = self._refusal(view, new)
-                if refusal is not None:
-                    return Outcome(refusal=refusal)
+                self._admit(view, new)
             created = ops.write_prepared(self.config, prepared)
             view.rescan()
             view.catch_up()
@@ -75,18 +70,15 @@ class Admission:
             self.view.catch_up()
         return self.view
 
-    def _refusal(self, view: QueueView, new: int) -> web.Response | None:
+    def _admit(self, view: QueueView, new: int) -> None:
+        """Raise BudgetError or QueueFullError when ``new`` more tasks may not join the queue now."""
         self.check_budget()
         limit = self.config.fleet.max_pending
         if not limit:
-            return None
+            return
         waiting = view.waiting()
-        if waiting + new <= limit:
-            return None
-        return error(429, "queue_full", f"{waiting} tasks are waiting and [fleet] max_pending is {limit}; retry "
-                                        "later, or raise max_pending in fleet.toml",
-                     headers={"retry-after": str(QUEUE_FULL_RETRY_S)},
-                     policy={"max_pending": limit, "waiting": waiting})
+        if waiting + new > limit:
+            raise QueueFullError(limit=limit, waiting=waiting)
 
 
 def accepted_row(task_id: str, state: State, pending: dict[str, int]) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from aiohttp import web
 
 from ..clock import REAL_CLOCK, Clock
 from ..config import FleetConfig
-from ..errors import BudgetError, ConfigError, TaskError
+from ..errors import BudgetError, ConfigError, QueueFullError, TaskError
 from ..fleet.workspace import runs_root
 from ..queue import ops
-from ..report.rows import STATES, snapshot, task_detail
+from ..report.rows import STATES, snapshot, task_detail, task_page
 from ..report.status import build_status
 from ..store import open_store
 from ..tasks.cache import load_cached
@@ -123,11 +123,12 @@ class TaskApi:
             return error(400, "invalid_task", str(exc), field=exc.key)
         except TaskError as exc:
             return error(409, "conflict", str(exc))
+        except QueueFullError as exc:
+            return error(429, "queue_full", str(exc), headers={"retry-after": str(exc.retry_after_s)},
+                         policy={"max_pending": exc.limit, "waiting": exc.waiting})
         except BudgetError as exc:
             return error(429, "budget_exhausted", str(exc), headers={"retry-after": "60"},
                          policy={"max_usd": exc.limit})
-        if outcome.refusal is not None:
-            return outcome.refusal
         status = 202 if any(outcome.created) else 200
         data = render(AcceptedBatch, {"tasks": outcome.accepted})
         location = outcome.accepted[0]["links"]["self"]
@@ -141,10 +142,7 @@ class TaskApi:
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT or not cursor.isdigit():
             return error(400, "invalid_request", f"limit must be 1 to {MAX_LIMIT} and cursor a next_cursor value")
         snap = await asyncio.to_thread(snapshot, self.config)
-        rows = [row for row in snap.rows if state is None or row.state == state]
-        start, end = int(cursor), int(cursor) + int(limit)
-        page = {"tasks": rows[start:end], "next_cursor": str(end) if end < len(rows) else None}
-        return reply(200, render(TaskPage, page))
+        return reply(200, render(TaskPage, task_page(snap, state, int(cursor), int(limit))))
 
     async def show(self, request: web.Request) -> web.Response:
         task_id = request.match_info["task_id"]

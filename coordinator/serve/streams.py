@@ -232,15 +232,15 @@ def _next_run(runs: Path, after: int) -> int:
     return min(later, default=after)
 
 
-def read_text(path: Path, offset: int, whole: bool) -> tuple[str, int]:
-    """Up to CHUNK_BYTES of ``path`` from ``offset``, cut before a split UTF-8 character unless ``whole``."""
+def read_text(path: Path, offset: int, whole: bool, limit: int = CHUNK_BYTES) -> tuple[str, int]:
+    """Up to ``limit`` bytes of ``path`` from ``offset``, cut before a split UTF-8 character unless ``whole``."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
-            data = fh.read(CHUNK_BYTES)
+            data = fh.read(limit)
     except OSError:
         return "", offset
-    if not whole or len(data) == CHUNK_BYTES:
+    if not whole or len(data) == limit:
         data = data[:_complete_utf8(data)]
     return data.decode("utf-8", errors="replace"), offset + len(data)
 
