@@ -16,7 +16,6 @@ restart. Connections are capped and timed (``connections.py``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -30,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from ..backends.base import Backend
-from ..atomic import PRIVATE_DIR, PRIVATE_FILE, write_json_atomic
+from ..atomic import PRIVATE_DIR, PRIVATE_FILE, read_json, write_json_atomic
 from ..config import FleetConfig
 from ..clock import REAL_CLOCK, Clock
 from ..serve import TaskApi, mount_task_api
@@ -188,11 +187,8 @@ class Gateway:
             self._unguard_logs = None
 
     def _remove_state_file(self) -> None:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return
-        if data.get("pid") == os.getpid() and data.get("token") == self.token:
+        data = read_json(self.state_path)
+        if isinstance(data, dict) and data.get("pid") == os.getpid() and data.get("token") == self.token:
             self.state_path.unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any]:
