@@ -78,7 +78,9 @@ def test_a_broken_fleet_toml_is_refused_and_the_old_one_keeps_serving(routed_gat
     root = gw.gateway.config.root
     config = load_config(root)
     _write(root, good + '\n[[routing]]\nlabels = ["docs"]\nalias = "cheep"\n')
-    wait_until(lambda: gw.gateway.reloader.refused is not None, 10, "the refusal")
+    # The refusal is served at once and written to events.jsonl just after: wait for both.
+    wait_until(lambda: gw.gateway.reloader.refused is not None
+               and any(e["event"] == "config_refused" for e in events(root)), 10, "the refusal")
     assert ask(gw, gw.token).status_code == 200  # still served, on generation 1
     refused = build_status(config, time.time())
     error = refused["gateway"]["config"]["refused"]["error"]
@@ -90,7 +92,8 @@ def test_a_broken_fleet_toml_is_refused_and_the_old_one_keeps_serving(routed_gat
     logged = [e for e in events(root) if e["event"] == "config_refused"]
     assert len(logged) == 1 and logged[0]["error"] == error and "sk-" not in json.dumps(logged)
     _write(root, good + "\n[models.cheap]\nmodel = \"claude-haiku-4-5\"\n")
-    wait_until(lambda: gw.gateway.reloader.current.generation == 2, 10, "the fixed file to load")
+    wait_until(lambda: gw.gateway.reloader.current.generation == 2
+               and any(e["event"] == "config_reloaded" for e in events(root)), 10, "the fixed file to load")
     assert gw.gateway.reloader.refused is None
     assert [e["changed"] for e in events(root) if e["event"] == "config_reloaded"] == [["models"]]
     assert build_status(config, time.time())["healthy"]

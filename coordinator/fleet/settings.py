@@ -26,7 +26,7 @@ class AgentSettings:
 
     def refresh(self, config: FleetConfig) -> FleetConfig:
         """``config`` with the agent tables of the file as it is now, if it changed and is valid."""
-        if not self.watch.changed():
+        if not self.watch.changed(wait=True):
             return config
         try:
             fresh = load_config(config.root, content=self.watch.content)
