@@ -7,17 +7,13 @@ re-read fleet.toml (``POST /v1/coordinator/config/reload``, docs/gateway.md).
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .cli import JsonOpt, RootOpt, _ctx, app, print_json
 
-RELOAD_TIMEOUT_S = 30.0
 
 
 @app.command()
@@ -49,6 +45,7 @@ def route(ctx: typer.Context, task_id: Annotated[str, typer.Option("--task", met
 @app.command()
 def reload(ctx: typer.Context, as_json: JsonOpt = False, root: RootOpt = None) -> None:
     """Make the running gateway re-read fleet.toml now (it also notices changes by itself within a second)."""
+    from .errors import NoGatewayError  # noqa: PLC0415
     from .gateway.client import read_gateway  # noqa: PLC0415
 
     config = _ctx(ctx, root).config()  # an invalid file stops here, with its one-line error (exit 2)
@@ -56,7 +53,10 @@ def reload(ctx: typer.Context, as_json: JsonOpt = False, root: RootOpt = None) -
     if gateway is None:
         typer.echo("no gateway is running; fleet.toml is valid (agents and the next gateway read it at start)")
         raise typer.Exit(0)
-    status, data = _post(gateway.url + "/v1/coordinator/config/reload", gateway.token)
+    try:
+        status, data = gateway.reload()
+    except OSError as exc:
+        raise NoGatewayError(config.root, gateway.url, str(exc)) from exc
     if as_json:
         print_json(data)
     elif status == 200:
@@ -67,16 +67,3 @@ def reload(ctx: typer.Context, as_json: JsonOpt = False, root: RootOpt = None) -
     else:
         typer.echo(f"error: {data.get('error', {}).get('message', data)}", err=True)
     raise typer.Exit(0 if status == 200 else 2)
-
-
-def _post(url: str, token: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=b"", method="POST", headers={"authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=RELOAD_TIMEOUT_S) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except (OSError, ValueError) as exc:
-        from .errors import CoordinatorError  # noqa: PLC0415
-
-        raise CoordinatorError(f"the gateway at {url} did not answer ({exc}); check `coordinator status`") from exc

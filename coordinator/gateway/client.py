@@ -18,6 +18,11 @@ from ..config import FleetConfig
 from ..liveness import process_is_alive
 
 STATS_TIMEOUT_S = 2.0
+RELOAD_TIMEOUT_S = 30.0
+RELOAD_PATH = "/v1/coordinator/config/reload"
+# Every call here carries the fleet token to 127.0.0.1: never through a proxy named in the
+# environment (urllib's default opener would send it to one unless no_proxy lists localhost).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 GATEWAY_FILE = "gateway.json"  # {"url", "pid", "token"} of the running gateway (mode 0600)
 STATS_FILE = "gateway-stats.json"  # the counters a gateway saved last, for `status` when it is gone
 
@@ -53,7 +58,7 @@ class GatewayInfo:
         """Whether the gateway answers its health check."""
         request = urllib.request.Request(self.url + "/healthz", headers={"x-api-key": self.token})
         try:
-            with urllib.request.urlopen(request, timeout=STATS_TIMEOUT_S) as response:
+            with _DIRECT.open(request, timeout=STATS_TIMEOUT_S) as response:
                 return response.status == 200
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -62,7 +67,7 @@ class GatewayInfo:
         """GET a gateway JSON endpoint with the fleet token; None when unreachable."""
         request = urllib.request.Request(self.url + path, headers={"x-api-key": self.token})
         try:
-            with urllib.request.urlopen(request, timeout=STATS_TIMEOUT_S) as response:
+            with _DIRECT.open(request, timeout=STATS_TIMEOUT_S) as response:
                 data = json.loads(response.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None
@@ -75,6 +80,25 @@ class GatewayInfo:
     def stats(self) -> dict[str, Any] | None:
         """The gateway's fleet-wide counters."""
         return self.get_json("/v1/coordinator/stats")
+
+    def reload(self) -> tuple[int, dict[str, Any]]:
+        """Ask the gateway to re-read fleet.toml: (HTTP status, its JSON answer); OSError when it does not answer.
+
+        ``coordinator reload`` and the MCP ``configure`` tool both call this.
+        """
+        request = urllib.request.Request(self.url + RELOAD_PATH, data=b"{}", method="POST",
+                                         headers={"authorization": f"Bearer {self.token}",
+                                                  "content-type": "application/json"})
+        try:
+            with _DIRECT.open(request, timeout=RELOAD_TIMEOUT_S) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            data = {}
+        return status, data if isinstance(data, dict) else {}
 
 
 def read_gateway(config: FleetConfig) -> GatewayInfo | None:

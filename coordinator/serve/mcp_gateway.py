@@ -19,8 +19,6 @@ from ..errors import BackendError, NoGatewayError
 from ..gateway.client import GatewayInfo, read_gateway
 
 INFER_TIMEOUT_S = 600.0
-RELOAD_TIMEOUT_S = 30.0
-RELOAD_PATH = "/v1/coordinator/config/reload"
 ANTHROPIC_VERSION = "2023-06-01"
 
 
@@ -55,21 +53,22 @@ def reload(config: FleetConfig) -> dict[str, Any]:
     if info is None:
         return {"status": "no_gateway", "message": "no gateway is running; the next one starts with this fleet.toml"}
     try:
-        response = _post(config, info, RELOAD_PATH, {}, RELOAD_TIMEOUT_S)
-    except NoGatewayError as exc:
-        return {"status": "unreachable", "message": f"fleet.toml is written, but {exc}"}
-    if response.status_code == 404:  # a gateway without live reload: it reads the file from disk
+        status, data = info.reload()
+    except OSError as exc:
+        return {"status": "unreachable",
+                "message": f"fleet.toml is written, but {NoGatewayError(config.root, info.url, str(exc))}"}
+    if status == 404:  # a gateway without live reload: it reads the file from disk
         return {"status": "on_disk", "message": "fleet.toml is written; the gateway picks it up from disk"}
-    if response.is_success:
-        data = _json(response)
+    if status == 200:
         restart = [str(key) for key in data.get("restart_needed") or []]
         later = f"; {', '.join(restart)} take effect when the gateway restarts" if restart else ""
         return {"status": "reloaded", "message": f"the gateway reloaded fleet.toml; in-flight requests finish on "
                                                  f"the old config{later}",
                 "generation": data.get("generation"), "changed": [str(key) for key in data.get("changed") or []],
                 "restart_needed": restart}
-    return {"status": "refused", "message": f"fleet.toml is written, but the gateway kept its old config: "
-                                            f"{_message(_json(response), response)}"}
+    error = data.get("error")
+    message = str(error.get("message")) if isinstance(error, dict) and error.get("message") else f"HTTP {status}"
+    return {"status": "refused", "message": f"fleet.toml is written, but the gateway kept its old config: {message}"}
 
 
 def _post(config: FleetConfig, info: GatewayInfo, path: str, body: dict[str, Any], timeout_s: float) -> Any:
