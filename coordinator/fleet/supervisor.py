@@ -76,6 +76,7 @@ class Supervisor:
         self.started_at = time.monotonic()
         self.notes = Notes(self.store, "coordinator run")
         self.store_down = False  # the last tick could not reach the state store
+        self.task_files: SharedTaskFiles | None = None  # made at the first reap
         self.logs_dir = config.state_dir / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         self.user_umask = private_umask()  # state, logs and the gateway's files are the user's alone
@@ -210,7 +211,10 @@ class Supervisor:
         self.on_tick(self)
 
     def _max_attempts(self, task_id: str) -> int:
-        task = SharedTaskFiles(self.store, open_index(self.config)).refresh().tasks.get(task_id)
+        # One index for the supervisor's life: a reap re-reads only changed files, and on Redis
+        # publishes only what this process has not published yet.
+        self.task_files = self.task_files or SharedTaskFiles(self.store, open_index(self.config))
+        task = self.task_files.refresh().tasks.get(task_id)
         return task.max_attempts if task else 1
 
     def agent_pids(self) -> dict[str, int | None]:
