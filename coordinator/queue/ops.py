@@ -21,7 +21,7 @@ from ..atomic import write_new_file
 from ..config import FleetConfig
 from ..errors import ConfigError, TaskError
 from ..liveness import HOST, process_is_alive
-from ..store import Record, open_store
+from ..store import Record, Store, open_store
 from .taskfiles import publish_written
 from ..tasks import InvalidFile, State, Task, TaskSet
 from ..tasks.cache import load_cached
@@ -112,8 +112,11 @@ def prepare_tables(config: FleetConfig, tables: list[Any], *, batch: bool = Fals
     return out
 
 
-def write_prepared(config: FleetConfig, prepared: list[Prepared]) -> list[bool]:
-    """Write each new task's file (never over another); per task, whether this call created it."""
+def write_prepared(config: FleetConfig, prepared: list[Prepared], store: Store | None = None) -> list[bool]:
+    """Write each new task's file (never over another); per task, whether this call created it.
+
+    On a shared store (Redis) the new files are published at once, through ``store`` when given.
+    """
     _tasks_folder(config)
     created = []
     for item in prepared:
@@ -122,7 +125,7 @@ def write_prepared(config: FleetConfig, prepared: list[Prepared]) -> list[bool]:
             raise TaskError(f"{item.path.name} was written by someone else meanwhile; pick another id",
                             task_id=item.task_id)
         created.append(made)
-    publish_written(config, [item.path for item, made in zip(prepared, created) if made])
+    publish_written(config, [item.path for item, made in zip(prepared, created) if made], store)
     return created
 
 

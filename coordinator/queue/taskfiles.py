@@ -65,19 +65,24 @@ def read_shared(path: str, key: tuple[Any, ...]) -> tuple[str, int, str] | None:
     return hashlib.sha256(data).hexdigest(), mtime_ns, data.decode("utf-8", errors="replace")
 
 
-def publish_written(config: FleetConfig, paths: Iterable[Path]) -> None:
+def publish_written(config: FleetConfig, paths: Iterable[Path], store: Store | None = None) -> None:
     """Publish task files this process just wrote (``add``, the API, MCP) at once, on a shared store."""
-    if config.fleet.state == "file":
+    paths = list(paths)
+    if config.fleet.state == "file" or not paths:
         return  # one disk: every process reads the files themselves
     from ..store import open_store  # noqa: PLC0415
 
-    store = open_store(config)
+    store = store or open_store(config)
     if not store.shares_task_files:
         return
     root = Path(config.root).resolve()
     out = {}
     for path in paths:
-        shared = read_shared(str(path), (path.stat().st_mtime_ns,))
+        try:
+            mtime_ns = path.stat().st_mtime_ns
+        except OSError:
+            continue  # removed meanwhile: nothing to publish
+        shared = read_shared(str(path), (mtime_ns,))
         if shared is not None:
             out[display_source(root, path)] = shared
     if out:

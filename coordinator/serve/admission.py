@@ -52,7 +52,7 @@ class Admission:
             new = sum(item.is_new for item in prepared)
             if new:
                 self._admit(view, new)
-            created = ops.write_prepared(self.config, prepared)
+            created = ops.write_prepared(self.config, prepared, view.store)
             view.rescan()
             view.catch_up()
             pending = {task_id: n for n, task_id in enumerate(view.pending_in_order(), start=1)}
