@@ -36,5 +36,6 @@ def test_bench_queue_on_redis_counts_commands_per_claim() -> None:
     assert run["done"] == run["finished"] == 12 and run["agent_exit_codes_ok"]
     assert run["server"]["server_ran"]["by_command"]["evalsha"] >= 24  # a claim and a finish a task, at least
     sent = result["round_trips"]["clients_sent"]["by_command"]
-    assert sent["evalsha claim"] >= 12 and sent["evalsha finish"] >= 12  # + a NOSCRIPT miss on first use
+    assert sent["evalsha claim_next"] >= 12 and sent["evalsha finish"] >= 12  # + a NOSCRIPT miss on first use
+    assert "evalsha claim" not in sent  # the server picks: no claim by id, so no refused claims
     assert result["round_trips"]["scripts_ran"]["by_command"]["xadd"] >= 24  # the claimed and done events

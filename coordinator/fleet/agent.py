@@ -31,6 +31,7 @@ from ..gateway.client import GatewayInfo, read_gateway
 from ..paths import open_workdir
 from ..provider_keys import without_secrets
 from ..queue.claims import ClaimBook, current_holder, retry_backoff_s
+from ..queue.picking import claim_best
 from ..queue.view import QueueView
 from ..runners import RunContext, RunResult, get_runner
 from ..store import Claim, open_store
@@ -129,22 +130,16 @@ class Agent:
         return 1 if self.until_empty and self.view.has_failed_work() else 0
 
     def claim_next(self) -> tuple[Task, Claim] | None:
-        """Reread changed agent settings, reap stale claims, catch up on the feed, and claim the best ready task."""
+        """Reread changed agent settings, reap stale claims, and claim the best ready task (queue/picking.py)."""
         self.config = self.settings.refresh(self.config)
         self.view.rescan_if_due()
         started = time.perf_counter()
         self.book.pulse()
         self._maybe_reap()
-        self.view.catch_up()
-        if self.view.paused:  # from the feed just read: no extra round trip per claim
-            return None  # running tasks finish; nothing new starts until `coordinator resume`
-        while (task := self.view.pop_ready()) is not None:
-            claim = self.book.claim(task, self.holder)
-            if claim is not None:
-                self.view.states[task.id] = State.RUNNING
-                self.claim_ms = (time.perf_counter() - started) * 1000
-                return task, claim
-        return None
+        picked = claim_best(self.view, self.book, self.holder, self.notes.warn)
+        if picked is not None:
+            self.claim_ms = (time.perf_counter() - started) * 1000
+        return picked
 
     def work(self, task: Task, claim: Claim) -> None:
         """Run one claimed task with a live heartbeat, then record the outcome (fenced)."""

@@ -106,6 +106,10 @@ class ClaimBook:
         """Claim ``task`` if it is pending and unclaimed."""
         return self.store.claim(task.id, holder, lease_s=self.lease_s)
 
+    def claim_next(self, holder: Holder) -> Claim | None:
+        """Claim the best ready task from the store's own ready set (``Store.ready_index``)."""
+        return self.store.claim_next(holder, lease_s=self.lease_s)
+
     def renew(self, claim: Claim, *, child_pid: int | None = None) -> Claim:
         """Extend the lease, noting a new runner's identity; ``ClaimLostError`` if taken over."""
         if child_pid is not None and child_pid != claim.child_pid:

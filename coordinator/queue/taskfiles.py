@@ -9,6 +9,11 @@ store's version of them moves (one round trip otherwise). A file on this disk
 wins over a published one of the same name. Removing a file does not unpublish
 it: cancel the task instead. Files a task reads (``context``, the repository)
 must still exist on each host.
+
+On a store that keeps the ready set itself (``Store.ready_index``) the same
+refresh loads each valid task's definition (priority, run order, dependencies)
+into it, sending only what changed since this process last did; a task that is
+no longer valid (its file broke, a dependency cycle) is dropped from it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from ..config import FleetConfig
 from ..store import Store
 from ..tasks.graph import TaskSet
+from ..tasks.model import Task
 from ..tasks.index import TaskIndex, display_source
 
 
@@ -32,6 +38,8 @@ class SharedTaskFiles:
         self.index = index
         self.published: dict[str, tuple[Any, ...]] = {}  # source → the stat key it was published at
         self.version: int | None = None
+        self.loaded: dict[str, tuple[Any, ...]] = {}  # task id → the definition this process loaded
+        self._loaded_from: TaskSet | None = None
 
     def refresh(self) -> TaskSet:
         """The TaskSet of this disk's files and, on a shared store, every host's."""
@@ -43,7 +51,30 @@ class SharedTaskFiles:
         if files is not None:
             self.version, self.index.shared = version, files
             taskset = self.index.refresh()
+        if self.store.ready_index and taskset is not self._loaded_from:
+            self._load(taskset)
         return taskset
+
+    def unload(self, task_ids: list[str]) -> TaskSet:
+        """Drop tasks this host finds invalid from the store's ready set now (a claim found one there)."""
+        for task_id in task_ids:
+            self.loaded[task_id] = ("unloading",)  # sent as gone unless valid after all
+        self._loaded_from = None
+        return self.refresh()
+
+    def _load(self, taskset: TaskSet) -> None:
+        """Load the definitions that changed into the store's ready set; drop those no longer valid."""
+        want = {task_id: definition(task) for task_id, task in taskset.tasks.items() if task_id not in taskset.blocked}
+        changed = [taskset.tasks[task_id] for task_id, key in want.items() if self.loaded.get(task_id) != key]
+        gone = [task_id for task_id in self.loaded if task_id not in want]
+        if changed or gone:
+            dropped = self.store.load_ready(changed, gone, version=self.version or 0)
+            self.loaded.update((task.id, want[task.id]) for task in changed)
+            if not dropped:
+                return  # the files moved meanwhile: the next refresh tries again
+            for task_id in gone:
+                del self.loaded[task_id]
+        self._loaded_from = taskset
 
     def _publish(self) -> None:
         """Publish the files of this disk that are new or changed since this process last did."""
@@ -53,6 +84,11 @@ class SharedTaskFiles:
         if out:
             self.store.share_task_files(out)
         self.published.update({source: key for source, (_, key) in fresh.items()})
+
+
+def definition(task: Task) -> tuple[Any, ...]:
+    """What of a task the ready set keeps: its run order (priority first) and its dependencies."""
+    return task.sort_key(), tuple(task.depends_on)
 
 
 def read_shared(path: str, key: tuple[Any, ...]) -> tuple[str, int, str] | None:

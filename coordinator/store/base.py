@@ -19,11 +19,11 @@ this package is the only constructor callers use.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..tasks.model import State
+from ..tasks.model import State, Task
 
 
 @dataclass
@@ -245,6 +245,25 @@ class Store(ABC):
     @abstractmethod
     def read_agents(self) -> list[dict[str, Any]]:
         """Every agent's last published status, by agent id."""
+
+    # -- the ready set (DESIGN §13) ----------------------------------------------
+
+    # Whether the store keeps the ready queue itself (Redis): then agents claim with one
+    # ``claim_next`` call, and every process that reads task files loads their definitions.
+    # Otherwise each agent picks from its own view's heap and claims by id (queue/picking.py).
+    ready_index = False
+
+    def claim_next(self, holder: Holder, *, lease_s: float) -> Claim | None:
+        """Claim the best ready task (priority, then run order); None if none is ready or the fleet is paused."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no ready set; claim by id")
+
+    def load_ready(self, tasks: Sequence[Task], gone: Sequence[str], *, version: int) -> bool:
+        """Load task definitions (priority, run order, dependencies) for ``claim_next``, idempotently.
+
+        ``gone`` (ids whose definitions are no longer valid) are dropped only while ``version`` is
+        still the shared task files' version; whether they were (or there were none).
+        """
+        return True
 
     # -- task files across hosts (DESIGN §13) -----------------------------------
 

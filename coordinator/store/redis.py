@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
 from ..clock import Clock, poll
 from ..errors import ClaimLostError, ConfigError, IncarnationError, StoreError, StoreUnavailableError
-from ..tasks.model import TRANSITIONS, State, after_attempt, transition
+from ..tasks.model import TRANSITIONS, State, Task, after_attempt, transition
 from .base import WORKSPACE_FIELDS, Claim, Holder, Record, Store
-from .redis_fields import ALL_CLAIM_FIELDS, ALL_RECORD_FIELDS, claim_fields, record_fields, split
+from .redis_fields import ALL_CLAIM_FIELDS, ALL_RECORD_FIELDS, claim_fields, ready_row, record_fields, split
 
 try:
     import redis
@@ -40,7 +40,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
                       key="fleet.state") from exc
 
 SCRIPTS = ("claim", "renew", "finish", "release", "requeue", "reclaim", "cancel", "retry", "repair",
-           "land_begin", "land_end", "set_paused", "note", "share_files")
+           "land_begin", "land_end", "set_paused", "note", "share_files", "load", "claim_next")
+PARTS = {"claim_next": ("pick", "claim")}  # a script made of several bodies, run in this order
+LOAD_BATCH = 1000  # task definitions per load script call
 # How often an operation re-asks while a landing holds its task (a landing moves one git ref).
 LANDING_POLL_S = 0.005
 LANDING_WAIT_S = 600.0
@@ -54,6 +56,7 @@ class Keys:
         self.prefix = f"coordinator:{{fleet:{fleet}}}:"
         self.incarnation, self.events, self.leases = (self.prefix + k for k in ("incarnation", "events", "leases"))
         self.paused, self.landing, self.records = (self.prefix + k for k in ("paused", "landing", "records"))
+        self.ready, self.delayed, self.claimed = (self.prefix + k for k in ("ready", "delayed", "claimed"))
         self.agents = self.prefix + "agents"
         self.files = [self.prefix + k for k in ("files:hash", "files:text", "files:version")]
 
@@ -63,13 +66,14 @@ class Keys:
 
     def common(self) -> list[str]:
         """The KEYS every script takes, in prelude.lua's order."""
-        return [self.incarnation, self.events, self.leases, self.paused, self.landing, self.records]
+        return [self.incarnation, self.events, self.leases, self.paused, self.landing, self.records,
+                self.ready, self.delayed, self.claimed]
 
 
 def script_source(name: str) -> str:
-    """A script as registered: the shared prelude, then its own body."""
+    """A script as registered: the shared prelude, then its own body (or bodies, ``PARTS``)."""
     folder = resources.files(__package__) / "lua"
-    return (folder / "prelude.lua").read_text("utf-8") + "\n" + (folder / f"{name}.lua").read_text("utf-8")
+    return "\n".join((folder / f"{part}.lua").read_text("utf-8") for part in ("prelude", *PARTS.get(name, (name,))))
 
 
 class RedisStore(Store):
@@ -104,7 +108,9 @@ class RedisStore(Store):
             raise StoreError(f"the state store at {self.url} refused an operation: {text}", url=self.url) from exc
 
     def _run(self, name: str, task_id: str | None, args: dict[str, Any]) -> Any:
-        keys = self.keys.common() + ([self.keys.task(task_id)] if task_id is not None else [])
+        return self._call(name, self.keys.common() + ([self.keys.task(task_id)] if task_id is not None else []), args)
+
+    def _call(self, name: str, keys: list[str], args: dict[str, Any]) -> Any:
         now = "" if self.clock is None else repr(round(self.clock.wall(), 6))
         with self._talking():
             return self._scripts[name](keys=keys, args=[self.incarnation, now, json.dumps(args)])
@@ -142,10 +148,7 @@ class RedisStore(Store):
 
     def share_task_files(self, files: Mapping[str, tuple[str, int, str]]) -> int:
         rows = [[source, digest, str(mtime_ns), text] for source, (digest, mtime_ns, text) in files.items()]
-        now = "" if self.clock is None else repr(round(self.clock.wall(), 6))
-        with self._talking():
-            return int(self._scripts["share_files"](keys=self.keys.common() + self.keys.files,
-                                                    args=[self.incarnation, now, json.dumps({"files": rows})]))
+        return int(self._call("share_files", self.keys.common() + self.keys.files, {"files": rows}))
 
     def read_task_files(self, known_version: int | None) -> tuple[int, dict[str, tuple[str, int, str]] | None]:
         hashes, texts, version_key = self.keys.files
@@ -163,11 +166,27 @@ class RedisStore(Store):
         return int(version or 0), files
 
     def claim(self, task_id: str, holder: Holder, *, lease_s: float) -> Claim | None:
-        reply = self._run("claim", task_id, {
-            "task": task_id, "agent": holder.agent, "pid": holder.pid, "pid_started_at": _f(holder.pid_started_at),
-            "host": holder.host, "lease_s": _f(lease_s), "token": secrets.token_hex(8),
-            "from": _from("claim"), "to": State.RUNNING})
+        reply = self._run("claim", task_id, {"task": task_id, **_claiming(holder, lease_s)})
         return split(task_id, reply[1])[1] if reply[0] == "claimed" else None
+
+    # -- the ready set (DESIGN §13): the server picks, so a claim is one round trip ----------
+
+    ready_index = True
+
+    def claim_next(self, holder: Holder, *, lease_s: float) -> Claim | None:
+        reply = self._run("claim_next", None, {"task": None, **_claiming(holder, lease_s)})
+        return split(reply[2], reply[1])[1] if reply[0] == "claimed" else None
+
+    def load_ready(self, tasks: Sequence[Task], gone: Sequence[str], *, version: int) -> bool:
+        rows = [ready_row(task) for task in tasks]
+        dropped = not gone
+        keys = self.keys.common() + [self.keys.files[2]]
+        for start in range(0, max(len(rows), 1), LOAD_BATCH):
+            args = {"tasks": rows[start:start + LOAD_BATCH], "gone": [] if dropped else list(gone),
+                    "version": str(version)}
+            reply = self._call("load", keys, args)
+            dropped = dropped or int(reply[1]) > 0
+        return dropped
 
     def renew(self, claim: Claim, *, child_pid: int | None = None,
               child_started_at: float | None = None) -> Claim:
@@ -340,6 +359,13 @@ def _seq(stream_id: str) -> int:
 def _from(operation: str) -> list[str]:
     """The states ``operation`` may start from (``tasks.model.TRANSITIONS``), for a script to check."""
     return [str(state) for state in TRANSITIONS[operation]]
+
+
+def _claiming(holder: Holder, lease_s: float) -> dict[str, Any]:
+    """A claim's arguments: who claims, for how long, with a fresh token."""
+    return {"agent": holder.agent, "pid": holder.pid, "pid_started_at": _f(holder.pid_started_at),
+            "host": holder.host, "lease_s": _f(lease_s), "token": secrets.token_hex(8),
+            "from": _from("claim"), "to": State.RUNNING}
 
 
 def _held(claim: Claim) -> dict[str, Any]:

@@ -10,9 +10,11 @@ back with the same shapes as the file store's JSON, so reports are unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
+from ..tasks.model import Task
 from .base import Claim, Record, claim_from, record_from
 
 CLAIM_PREFIX = "c."
@@ -73,3 +75,18 @@ def _text(value: Any) -> str:
 
 ALL_RECORD_FIELDS = tuple(sorted(RECORD_TEXT | RECORD_INTS | RECORD_FLOATS | RECORD_JSON))
 ALL_CLAIM_FIELDS = tuple(CLAIM_PREFIX + name for name in sorted(CLAIM_INTS | CLAIM_FLOATS | CLAIM_TEXT))
+
+
+def ready_row(task: Task) -> list[Any]:
+    """A task's definition as ``lua/load.lua`` takes it: id, signature, priority, rank, dependencies.
+
+    The rank orders tasks of one priority as ``Task.sort_key`` does, byte for byte:
+    the first-seen time zero-padded, the source file as hex (so no character of a
+    path sorts differently from Python's string order), the position, then the id
+    (last, after a space; ids have none), which the claim script reads back.
+    """
+    priority, seen_ns, source, index, task_id = task.sort_key()
+    rank = f"{max(seen_ns, 0):020d} {source.encode().hex()} {index:08d} {task_id}"
+    deps = " ".join(task.depends_on)
+    signature = hashlib.sha256(f"{priority}\n{rank}\n{deps}".encode()).hexdigest()[:16]
+    return [task_id, signature, priority, rank, deps]

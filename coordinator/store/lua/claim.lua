@@ -1,5 +1,5 @@
 -- claim: a pending, unclaimed task (past its retry_at) gets a new claim at epoch + 1.
-if arg('token') and get('c.token') == A.token then return {'claimed', all()} end  -- a retried call: ours
+if arg('token') and get('c.token') == A.token then return {'claimed', all(), A.task} end  -- a retried call: ours
 if not member(A.from, state()) then return {'none'} end
 local retry_at = num('retry_at')
 if retry_at ~= nil and tonumber(NOW) < retry_at then return {'none'} end
@@ -18,6 +18,10 @@ redis.call('HSET', TASK, 'c.agent', A.agent, 'c.pid', tostring(A.pid), 'c.pid_st
            'state', A.to, 'epoch', tostring(epoch), 'agent', A.agent, 'claimed_at', NOW)
 redis.call('SADD', RECORDS, A.task)
 redis.call('ZADD', LEASES, later(A.lease_s), A.task)
+local rank = get('d.rank')
+if rank then redis.call('ZREM', READY, rank) end
+redis.call('ZREM', DELAYED, A.task)
+redis.call('HSET', CLAIMED, A.agent, A.token .. ' ' .. A.task)  -- a retried claim_next finds its task
 emit('claimed', {{'task', q(A.task)}, {'agent', q(A.agent)}, {'epoch', q(epoch)}, {'attempt', q(attempt)},
                  {'state', q(A.to)}})
-return {'claimed', all()}
+return {'claimed', all(), A.task}

@@ -1,8 +1,13 @@
 -- Shared by every operation script (coordinator/store/redis.py prepends it).
--- KEYS: incarnation, events, leases, paused, landing, records, [task hash].
+-- KEYS: incarnation, events, leases, paused, landing, records, ready, delayed, claimed, [task hash].
 -- ARGV: the incarnation this process saw at start, "now" (empty: the server's TIME), the args as JSON.
 -- Every script validates before its first write; nothing below writes until a script decides to.
-local INC, EVENTS, LEASES, PAUSED, LANDING, RECORDS, TASK = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local INC, EVENTS, LEASES, PAUSED, LANDING, RECORDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local READY, DELAYED, CLAIMED, TASK = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+-- Every key shares the fleet's prefix (one hash tag): a task's hash is found from its id (pick, settle).
+local PREFIX = string.sub(RECORDS, 1, -8)  -- without 'records'
+local function tkey(id) return PREFIX .. 'task:' .. id end
+local function dependents_key(id) return PREFIX .. 'dependents:' .. id end
 local A = cjson.decode(ARGV[3])
 local null = cjson.null
 
@@ -40,7 +45,10 @@ local function num(field, default)
   return tonumber(v)
 end
 
+local BEFORE = nil  -- the task's state before this script's first change of it (settle() reads it)
+
 local function put(field, value)
+  if field == 'state' and BEFORE == nil then BEFORE = get('state') or 'pending' end
   if value == nil or value == null then
     redis.call('HDEL', TASK, field)
   else
@@ -70,8 +78,50 @@ local function q(v)
   return cjson.encode(v)
 end
 
--- Append one event, fields in order ({name, json} pairs), its ts the operation's time.
+-- The ready set (DESIGN §13). A task is in READY (score its priority, member its rank: run order, then
+-- its id) when it is pending, loaded (load.lua gave it d.rank, d.prio and d.deps), no dependency is left
+-- undone (d.waiting, a counter) and no backoff holds it; in DELAYED (by retry_at) while one does.
+-- Every move into that condition places the task; moves out of it leave a stale member that pick.lua
+-- drops when it reaches it, so a ready task is never missing and a claim never takes an unready one.
+local function recount(id)
+  local deps, waiting = redis.call('HGET', tkey(id), 'd.deps'), 0
+  if deps then
+    for dep in string.gmatch(deps, '%S+') do
+      if redis.call('HGET', tkey(dep), 'state') ~= 'done' then waiting = waiting + 1 end
+    end
+  end
+  redis.call('HSET', tkey(id), 'd.waiting', waiting)
+  return waiting
+end
+
+local function place(id)
+  local f = redis.call('HMGET', tkey(id), 'state', 'd.rank', 'd.prio', 'd.waiting', 'retry_at')
+  if (f[1] or 'pending') ~= 'pending' or not f[2] or tonumber(f[4] or '0') > 0 then return end
+  if f[5] and tonumber(NOW) < tonumber(f[5]) then
+    redis.call('ZADD', DELAYED, f[5], id)
+  else
+    redis.call('ZADD', READY, f[3], f[2])
+  end
+end
+
+-- After a state change: the task's dependents recount when it became done or stopped being done,
+-- and the task itself is placed. emit() calls it, as every state change ends with its event.
+local function settle()
+  if BEFORE == nil then return end
+  local now_state = state()
+  if (BEFORE == 'done') ~= (now_state == 'done') then
+    for _, id in ipairs(redis.call('SMEMBERS', dependents_key(A.task))) do
+      if recount(id) == 0 then place(id) end
+    end
+  end
+  place(A.task)
+  BEFORE = nil
+end
+
+-- Append one event, fields in order ({name, json} pairs), its ts the operation's time; a state change
+-- written before it is settled into the ready set first.
 local function emit(kind, fields)
+  settle()
   local parts = {'"ts":' .. NOW, '"event":' .. cjson.encode(kind)}
   for _, f in ipairs(fields) do
     parts[#parts + 1] = cjson.encode(f[1]) .. ':' .. f[2]

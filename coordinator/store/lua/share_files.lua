@@ -1,8 +1,8 @@
 -- share_files: task files' texts, for hosts that do not have them; idempotent by content hash.
--- KEYS[7..9]: the files' hashes ("sha256 mtime_ns" by source), their texts, and a version
+-- KEYS[10..12]: the files' hashes ("sha256 mtime_ns" by source), their texts, and a version
 -- counter that moves when anything changed (readers fetch the texts only then).
 -- A.files: [[source, sha256, mtime_ns, text], ...]. Returns how many files changed.
-local FHASH, FTEXT, FVERSION = KEYS[7], KEYS[8], KEYS[9]
+local FHASH, FTEXT, FVERSION = KEYS[10], KEYS[11], KEYS[12]
 local changed = 0
 for _, f in ipairs(A.files) do
   local stamp = f[2] .. ' ' .. f[3]

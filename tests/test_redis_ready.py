@@ -1,0 +1,231 @@
+"""The Redis store's ready set (DESIGN §13): definitions loaded by file hash, dependency counters,
+backoff, and ``claim_next`` picking by priority then run order in one script.
+
+The store keeps the queue itself so an agent claims in one round trip; these tests
+drive it directly on a real redis-server, with a ManualClock for backoffs, and check
+every move in and out of "ready" against what the agent's own view would pick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.clock import ManualClock
+from coordinator.errors import ConfigError
+from coordinator.queue.claims import current_holder
+from coordinator.store.base import Claim
+from coordinator.tasks import Task
+from coordinator.tasks.model import State
+from tests.redis_support import RedisServer, redis_server  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("redis_server")
+
+try:
+    from coordinator.store.redis import RedisStore
+    from coordinator.store.redis_setup import connect
+except ConfigError:  # pragma: no cover - redis-py absent: the fixture skips, or fails in CI
+    RedisStore = None  # type: ignore[assignment,misc]
+
+LEASE_S = 30.0
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, tmp_path: Path, clock: ManualClock) -> Iterator[RedisStore]:
+    redis_server.flush()
+    yield connect(redis_server.url, fleet="ready", marker=tmp_path / "incarnation", clock=clock)
+
+
+def task(task_id: str, priority: int = 2, *, seen: int = 0, deps: tuple[str, ...] = (), source: str = "") -> Task:
+    return Task(id=task_id, prompt="do it", priority=priority, depends_on=list(deps), seen_ns=seen,
+                source=source or f"tasks/{task_id}.toml")
+
+
+def take(store: RedisStore, agent: str = "a1") -> Claim | None:
+    return store.claim_next(current_holder(agent), lease_s=LEASE_S)
+
+
+def drain(store: RedisStore) -> list[str]:
+    """Claim and finish (done) every ready task, in the order the store hands them out."""
+    order = []
+    while (claim := take(store)) is not None:
+        order.append(claim.task)
+        store.finish(claim, ok=True, max_attempts=3)
+    return order
+
+
+def ready_members(store: RedisStore) -> list[str]:
+    return [member.rsplit(" ", 1)[1] for member in store.client.zrange(store.keys.ready, 0, -1)]
+
+
+def test_claims_follow_priority_then_run_order_exactly_as_the_view_sorts(store: RedisStore) -> None:
+    tasks = [task("late", 1, seen=30), task("urgent", 0, seen=50), task("b", 2, seen=10, source="tasks/ab.toml"),
+             task("a", 2, seen=10, source="tasks/a.toml"), task("z", 2, seen=5), task("low", 3, seen=1),
+             task("e9", 2, seen=10, source="tasks/é.toml")]  # a non-ASCII path sorts as Python sorts it
+    assert store.load_ready(tasks, [], version=0)
+    expected = [t.id for t in sorted(tasks, key=Task.sort_key)]
+    assert drain(store) == expected == ["urgent", "late", "z", "a", "b", "e9", "low"]
+    assert take(store) is None and ready_members(store) == []
+
+
+def test_a_claimed_task_is_a_normal_live_claim(store: RedisStore) -> None:
+    store.load_ready([task("t1")], [], version=0)
+    claim = take(store, "agent-7")
+    assert claim is not None and claim.task == "t1" and claim.agent == "agent-7" and claim.epoch == 1
+    assert store.read_claim("t1") == claim and store.read_record("t1").state == State.RUNNING
+    assert [e["event"] for e in store.read_events()[0]] == ["claimed"]
+
+
+def test_loading_is_idempotent_and_a_changed_priority_reorders(store: RedisStore) -> None:
+    first = [task("x", 2, seen=1), task("y", 2, seen=2)]
+    store.load_ready(first, [], version=0)
+    store.load_ready(first, [], version=0)  # another process loading the same files: nothing changes
+    assert ready_members(store) == ["x", "y"]
+    store.load_ready([task("y", 0, seen=2)], [], version=0)  # y's file now says critical
+    assert ready_members(store) == ["y", "x"]
+    assert drain(store) == ["y", "x"]
+
+
+def test_a_dependent_becomes_ready_only_when_every_dependency_is_done(store: RedisStore) -> None:
+    store.load_ready([task("child", 0, deps=("p1", "p2")), task("p1", 2, seen=1), task("p2", 2, seen=2)], [],
+                     version=0)
+    first = take(store)
+    assert first is not None and first.task == "p1"  # the child outranks both but waits for them
+    store.finish(first, ok=True, max_attempts=1)
+    second = take(store)
+    assert second is not None and second.task == "p2"
+    assert take(store) is None  # p2 still running: the child waits
+    store.finish(second, ok=True, max_attempts=1)
+    assert drain(store) == ["child"]
+
+
+def test_a_failed_dependency_holds_its_dependent_until_it_is_retried_and_done(store: RedisStore) -> None:
+    store.load_ready([task("parent"), task("child", deps=("parent",))], [], version=0)
+    claim = take(store)
+    store.finish(claim, ok=False, max_attempts=1, error="boom")
+    assert take(store) is None
+    store.retry("parent")
+    assert drain(store) == ["parent", "child"]
+
+
+def test_a_done_dependency_retried_takes_its_pending_dependent_out_of_ready(store: RedisStore) -> None:
+    store.load_ready([task("parent", 0), task("child", 1, deps=("parent",)), task("other", 2)], [], version=0)
+    parent = take(store)
+    store.finish(parent, ok=True, max_attempts=1)
+    store.retry("parent")  # done no more: the child must wait for it again
+    assert drain(store) == ["parent", "child", "other"]
+
+
+def test_a_dependency_loaded_after_its_dependent_still_counts(store: RedisStore) -> None:
+    store.load_ready([task("child", deps=("later",))], [], version=0)
+    assert take(store) is None  # an unknown dependency is not done
+    store.load_ready([task("later")], [], version=0)
+    assert drain(store) == ["later", "child"]
+
+
+def test_a_failed_attempt_waits_out_its_backoff(store: RedisStore, clock: ManualClock) -> None:
+    store.load_ready([task("flaky", 0), task("next", 2)], [], version=0)
+    claim = take(store)
+    store.finish(claim, ok=False, max_attempts=3, error="flake", backoff_s=10)
+    again = take(store)
+    assert again is not None and again.task == "next"  # the flaky one backs off
+    store.finish(again, ok=True, max_attempts=3)
+    assert take(store) is None
+    clock.advance(10.5)
+    retried = take(store)
+    assert retried is not None and retried.task == "flaky" and retried.attempt == 2
+
+
+@pytest.mark.parametrize("how", ["release", "reclaim", "requeue", "repair"])
+def test_a_task_given_back_is_ready_again(store: RedisStore, how: str) -> None:
+    store.load_ready([task("t1")], [], version=0)
+    claim = take(store)
+    if how == "release":
+        store.release(claim, reason="stopping")
+    elif how == "reclaim":
+        store.reclaim(claim, reason="expired", max_attempts=3)
+    elif how == "requeue":
+        store.requeue(claim, kind="conflict", reason="target moved", max_conflicts=3)
+    else:
+        store.client.hdel(store.keys.task("t1"), "c.epoch", "c.agent", "c.token")  # a crash's leftover
+        store.client.zrem(store.keys.leases, "t1")
+        assert store.repair(["t1"]) == ["t1"]
+    again = take(store, "a2")
+    assert again is not None and again.task == "t1" and again.epoch == claim.epoch + 1
+
+
+def test_cancelled_and_finished_tasks_are_never_handed_out(store: RedisStore) -> None:
+    store.load_ready([task("keep", 2, seen=2), task("drop", 0, seen=1)], [], version=0)
+    store.cancel("drop")
+    assert drain(store) == ["keep"]
+    store.load_ready([task("keep", 1, seen=2)], [], version=0)  # a reload of a done task's file
+    assert take(store) is None
+
+
+def test_a_paused_fleet_hands_out_nothing(store: RedisStore) -> None:
+    store.load_ready([task("t1")], [], version=0)
+    store.set_paused(True)
+    assert take(store) is None
+    store.set_paused(False)
+    assert drain(store) == ["t1"]
+
+
+def test_a_task_claimed_by_id_leaves_the_ready_set(store: RedisStore) -> None:
+    store.load_ready([task("a", seen=1), task("b", seen=2)], [], version=0)
+    store.claim("a", current_holder("a1"), lease_s=LEASE_S)
+    assert ready_members(store) == ["b"]
+    assert drain(store) == ["b"]
+
+
+def test_a_task_no_longer_valid_is_dropped_only_at_the_files_current_version(store: RedisStore) -> None:
+    store.load_ready([task("a"), task("b", seen=1)], [], version=0)
+    store.share_task_files({"tasks/x.toml": ("0" * 64, 1, 'prompt = "x"\n')})  # the files moved on: version 1
+    assert not store.load_ready([], ["a"], version=0)  # a loader behind the files drops nothing
+    assert ready_members(store) == ["a", "b"]
+    assert store.load_ready([], ["a"], version=1)
+    assert drain(store) == ["b"]
+    assert store.client.hget(store.keys.task("a"), "d.rank") is None
+
+
+def test_a_retried_claim_whose_reply_was_lost_gets_the_same_task(store: RedisStore) -> None:
+    store.load_ready([task("a", seen=1), task("b", seen=2)], [], version=0)
+    holder = current_holder("a1")
+    args = {"task": None, "agent": holder.agent, "pid": holder.pid, "pid_started_at": repr(holder.pid_started_at),
+            "host": holder.host, "lease_s": repr(LEASE_S), "token": "feedfacefeedface", "from": ["pending"],
+            "to": "running"}
+    first = store._run("claim_next", None, args)  # the reply "lost": the same call is sent again
+    second = store._run("claim_next", None, args)
+    assert first[0] == second[0] == "claimed" and first[2] == second[2] == "a"
+    assert ready_members(store) == ["b"] and len(store.list_claims()) == 1
+
+
+def test_the_ready_set_survives_a_restart_from_the_aof(tmp_path: Path) -> None:
+    own = RedisServer(tmp_path / "own").start()
+    try:
+        store = connect(own.url, fleet="f", marker=tmp_path / "m")
+        store.load_ready([task(f"t{n}", n % 3, seen=n) for n in range(30)], [], version=0)
+        first = take(store)
+        store.finish(first, ok=True, max_attempts=1)
+        own.kill()
+        own.start()
+        store = connect(own.url, fleet="f", marker=tmp_path / "m")
+        expected = [t.id for t in sorted((task(f"t{n}", n % 3, seen=n) for n in range(30)), key=Task.sort_key)]
+        assert [first.task, *drain(store)] == expected
+    finally:
+        own.stop()
+
+
+def test_every_script_keeps_its_event_and_state_change_together(store: RedisStore) -> None:
+    """Loading writes no event (no task changed state); each claim and finish writes exactly one."""
+    store.load_ready([task("a"), task("b", deps=("a",))], [], version=0)
+    assert store.read_events()[0] == []
+    drain(store)
+    events = [e["event"] for e in store.read_events()[0]]
+    assert events == ["claimed", "done", "claimed", "done"]
