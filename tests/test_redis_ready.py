@@ -229,3 +229,32 @@ def test_every_script_keeps_its_event_and_state_change_together(store: RedisStor
     drain(store)
     events = [e["event"] for e in store.read_events()[0]]
     assert events == ["claimed", "done", "claimed", "done"]
+
+
+def test_the_ready_set_is_exact_so_its_counts_tell_a_drained_queue(store: RedisStore, clock: ManualClock) -> None:
+    """Every change puts a task where it belongs at once: ready, delayed, leased, or none of them."""
+    store.load_ready([task("a", 0), task("b", 1), task("c", 2, deps=("a",))], [], version=0)
+    assert store.ready_counts() == (2, 0, 0)  # c waits for a
+    a = take(store)
+    assert store.ready_counts() == (1, 0, 1)
+    store.finish(a, ok=False, max_attempts=3, error="flake", backoff_s=5)
+    assert store.ready_counts() == (1, 1, 0)
+    store.cancel("a")  # cancelled while backing off: out of the delayed set too
+    assert store.ready_counts() == (1, 0, 0)
+    store.retry("a")
+    assert store.ready_counts() == (2, 0, 0)
+    a = take(store)
+    store.finish(a, ok=True, max_attempts=3)
+    assert store.ready_counts() == (2, 0, 0)  # b, and c now that a is done
+    store.retry("a")  # a is pending again, so c waits again
+    assert sorted(ready_members(store)) == ["a", "b"]
+    assert drain(store) == ["a", "b", "c"] and store.ready_counts() == (0, 0, 0)
+
+
+def test_a_member_that_is_not_ready_after_all_is_skipped_not_claimed(store: RedisStore) -> None:
+    store.load_ready([task("done", 0), task("next", 1)], [], version=0)
+    done = take(store)
+    store.finish(done, ok=True, max_attempts=1)
+    rank = store.client.hget(store.keys.task("done"), "d.rank")
+    store.client.zadd(store.keys.ready, {rank: 0})  # a member no script should have left
+    assert drain(store) == ["next"] and store.read_record("done").attempts == 1

@@ -342,7 +342,9 @@ class Agent:
         self.view.catch_up()
 
     def _is_queue_drained(self) -> bool:
-        """Nothing ready and nothing running anywhere, after a full resync."""
+        """Nothing ready and nothing running anywhere, after a full resync (which a ready set spares while busy)."""
+        if self.store.ready_index and any(self.store.ready_counts()):
+            return False  # one round trip, not every record, while the last tasks run elsewhere
         self._full_resync()
         counts = self.view.counts()
         return counts.ready == 0 and counts.running == 0 and counts.backing_off == 0

@@ -265,6 +265,10 @@ class Store(ABC):
         """
         return True
 
+    def ready_counts(self) -> tuple[int, int, int]:
+        """Tasks ready, backing off, and claimed, by the store's own ready set (one round trip)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no ready set; count the view")
+
     # -- task files across hosts (DESIGN §13) -----------------------------------
 
     # Whether hosts that do not share a disk share this store (Redis): then each host

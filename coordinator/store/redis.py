@@ -30,8 +30,9 @@ from typing import Any
 from ..clock import Clock, poll
 from ..errors import ClaimLostError, ConfigError, IncarnationError, StoreError, StoreUnavailableError
 from ..tasks.model import TRANSITIONS, State, Task, after_attempt, transition
-from .base import WORKSPACE_FIELDS, Claim, Holder, Record, Store
-from .redis_fields import ALL_CLAIM_FIELDS, ALL_RECORD_FIELDS, claim_fields, ready_row, record_fields, split
+from .base import Claim, Holder, Record, Store
+from .redis_fields import (ALL_CLAIM_FIELDS, ALL_RECORD_FIELDS, claim_fields, history_entry, landing_fields, ready_row,
+                           record_fields, split)
 
 try:
     import redis
@@ -188,6 +189,11 @@ class RedisStore(Store):
             dropped = dropped or int(reply[1]) > 0
         return dropped
 
+    def ready_counts(self) -> tuple[int, int, int]:
+        with self._talking(), self.client.pipeline(transaction=True) as pipe:
+            ready, delayed, leased = pipe.zcard(self.keys.ready).zcard(self.keys.delayed).zcard(self.keys.leases).execute()
+        return ready, delayed, leased
+
     def renew(self, claim: Claim, *, child_pid: int | None = None,
               child_started_at: float | None = None) -> Claim:
         reply = self._fenced("renew", claim, "renew", {
@@ -205,8 +211,8 @@ class RedisStore(Store):
         reply = self._fenced("finish", claim, action, {
             "action": action, "attempt": claim.attempt, "to": state, "error": error, "backoff_s": _f(backoff_s),
             "kind": "retrying" if state == State.PENDING else str(state),
-            "usage": json.dumps(usage) if usage else None, **_landing_fields(extra),
-            "entry": _entry(claim, "done" if ok else "failed", error, extra)})
+            "usage": json.dumps(usage) if usage else None, **landing_fields(extra),
+            "entry": history_entry(claim, "done" if ok else "failed", error, extra)})
         return _record(claim.task, reply)
 
     def release(self, claim: Claim, *, reason: str) -> Record:
@@ -228,15 +234,15 @@ class RedisStore(Store):
         finally:
             reply = self._fenced("land_end", claim, "land", {
                 "landed": landed, "attempt": claim.attempt, "to": State.DONE,
-                **_landing_fields({**(extra or {}), "landed": landed}),
-                "entry": _entry(claim, "landed", None, extra)})
+                **landing_fields({**(extra or {}), "landed": landed}),
+                "entry": history_entry(claim, "landed", None, extra)})
         return None if landed is None else _record(claim.task, reply)
 
     def requeue(self, claim: Claim, *, kind: str, reason: str, max_conflicts: int,
                 extra: dict[str, Any] | None = None) -> Record:
         reply = self._fenced("requeue", claim, kind, {
             "kind": kind, "reason": reason, "max_conflicts": max_conflicts, "attempt": claim.attempt,
-            **_landing_fields(extra, file_hash=False), "entry": _entry(claim, kind, reason, extra)})
+            **landing_fields(extra, file_hash=False), "entry": history_entry(claim, kind, reason, extra)})
         return _record(claim.task, reply)
 
     def reclaim(self, claim: Claim, *, reason: str, max_attempts: int, counted: bool = True) -> Record | None:
@@ -246,7 +252,7 @@ class RedisStore(Store):
         reply = self._waiting("reclaim", claim.task, {
             **_held(claim), "pid": claim.pid, "renewed_at": _f(claim.renewed_at), "child_pid": claim.child_pid,
             "counted": counted, "reason": reason, "attempt": claim.attempt, "to": state, "error": error,
-            "entry": _entry(claim, "reclaimed", error, None)})
+            "entry": history_entry(claim, "reclaimed", error, None)})
         return None if reply[0] == "none" else _record(claim.task, reply)
 
     def cancel(self, task_id: str) -> tuple[Record, Claim | None]:
@@ -377,20 +383,3 @@ def _record(task_id: str, reply: list[Any]) -> Record:
     record = split(task_id, reply[1])[0]
     assert record is not None  # every script that answers "ok" has written the record
     return record
-
-
-def _landing_fields(extra: dict[str, Any] | None, *, file_hash: bool = True) -> dict[str, Any]:
-    """The workspace fields (base, branch, tip, landed) and file hash an attempt reported."""
-    extra = extra or {}
-    fields = {"workspace": {key: extra[key] for key in WORKSPACE_FIELDS if extra.get(key) is not None}}
-    if file_hash:
-        fields["file_hash"] = extra.get("file_hash")
-    return fields
-
-
-def _entry(claim: Claim, outcome: str, error: str | None, extra: dict[str, Any] | None) -> dict[str, str]:
-    """A history entry as JSON halves; the script puts its own ``finished_at`` between them."""
-    head = json.dumps({"attempt": claim.attempt, "agent": claim.agent, "epoch": claim.epoch,
-                       "started_at": claim.claimed_at})
-    tail = json.dumps({"outcome": outcome, "error": error, **(extra or {})}, default=str)
-    return {"head": head[:-1], "tail": tail[1:]}

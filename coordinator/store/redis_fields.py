@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from ..tasks.model import Task
-from .base import Claim, Record, claim_from, record_from
+from .base import WORKSPACE_FIELDS, Claim, Record, claim_from, record_from
 
 CLAIM_PREFIX = "c."
 RECORD_INTS = frozenset({"attempts", "epoch", "generation", "conflicts"})
@@ -90,3 +90,20 @@ def ready_row(task: Task) -> list[Any]:
     deps = " ".join(task.depends_on)
     signature = hashlib.sha256(f"{priority}\n{rank}\n{deps}".encode()).hexdigest()[:16]
     return [task_id, signature, priority, rank, deps]
+
+
+def landing_fields(extra: dict[str, Any] | None, *, file_hash: bool = True) -> dict[str, Any]:
+    """The workspace fields (base, branch, tip, landed) and file hash an attempt reported."""
+    extra = extra or {}
+    fields = {"workspace": {key: extra[key] for key in WORKSPACE_FIELDS if extra.get(key) is not None}}
+    if file_hash:
+        fields["file_hash"] = extra.get("file_hash")
+    return fields
+
+
+def history_entry(claim: Claim, outcome: str, error: str | None, extra: dict[str, Any] | None) -> dict[str, str]:
+    """A history entry as JSON halves; the script puts its own ``finished_at`` between them."""
+    head = json.dumps({"attempt": claim.attempt, "agent": claim.agent, "epoch": claim.epoch,
+                       "started_at": claim.claimed_at})
+    tail = json.dumps({"outcome": outcome, "error": error, **(extra or {})}, default=str)
+    return {"head": head[:-1], "tail": tail[1:]}

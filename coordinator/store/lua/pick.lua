@@ -22,5 +22,5 @@ while true do
   if (f[1] or 'pending') == 'pending' and f[2] == top and tonumber(f[3] or '0') == 0 then
     if not f[4] or tonumber(NOW) >= tonumber(f[4]) then break end
     redis.call('ZADD', DELAYED, f[4], A.task)
-  end  -- else a stale member: claimed, finished, cancelled, reloaded or waiting again since it was placed
+  end  -- else not ready after all (place() keeps the set exact; this guards against a member it missed)
 end

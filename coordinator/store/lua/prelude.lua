@@ -79,10 +79,10 @@ local function q(v)
 end
 
 -- The ready set (DESIGN §13). A task is in READY (score its priority, member its rank: run order, then
--- its id) when it is pending, loaded (load.lua gave it d.rank, d.prio and d.deps), no dependency is left
--- undone (d.waiting, a counter) and no backoff holds it; in DELAYED (by retry_at) while one does.
--- Every move into that condition places the task; moves out of it leave a stale member that pick.lua
--- drops when it reaches it, so a ready task is never missing and a claim never takes an unready one.
+-- its id) exactly while it is pending, loaded (load.lua gave it d.rank, d.prio and d.deps) and no
+-- dependency is left undone (d.waiting, a counter); in DELAYED (by retry_at) instead while a backoff
+-- holds it. place() puts a task where it belongs after any change; pick.lua still checks each member
+-- it takes, so a claim never takes an unready task.
 local function recount(id)
   local deps, waiting = redis.call('HGET', tkey(id), 'd.deps'), 0
   if deps then
@@ -96,11 +96,13 @@ end
 
 local function place(id)
   local f = redis.call('HMGET', tkey(id), 'state', 'd.rank', 'd.prio', 'd.waiting', 'retry_at')
-  if (f[1] or 'pending') ~= 'pending' or not f[2] or tonumber(f[4] or '0') > 0 then return end
-  if f[5] and tonumber(NOW) < tonumber(f[5]) then
-    redis.call('ZADD', DELAYED, f[5], id)
-  else
+  local ready = (f[1] or 'pending') == 'pending' and f[2] and tonumber(f[4] or '0') == 0
+  local held = ready and f[5] and tonumber(NOW) < tonumber(f[5])
+  if held then redis.call('ZADD', DELAYED, f[5], id) else redis.call('ZREM', DELAYED, id) end
+  if ready and not held then
     redis.call('ZADD', READY, f[3], f[2])
+  elseif f[2] then
+    redis.call('ZREM', READY, f[2])
   end
 end
 
@@ -111,7 +113,8 @@ local function settle()
   local now_state = state()
   if (BEFORE == 'done') ~= (now_state == 'done') then
     for _, id in ipairs(redis.call('SMEMBERS', dependents_key(A.task))) do
-      if recount(id) == 0 then place(id) end
+      recount(id)
+      place(id)
     end
   end
   place(A.task)
