@@ -1,6 +1,6 @@
 """Benchmark the queue's own overhead, on the file store and on Redis; prints JSON.
 
-    python scripts/bench_queue.py [--sizes 1000 10000] [--agents 8] [--store {file,redis,both}]
+    python scripts/bench_queue.py [--sizes 1000 10000] [--agents 8] [--store {file,redis,both}] [--task-ms 0]
 
 For each size it builds a fleet of that many task files whose agent runs
 `true` (so the runner costs one fork/exec and nothing else), starts N real
@@ -9,6 +9,11 @@ fleet's store) what each agent measured of itself: the time to claim (reap, catc
 up, pick, the claim operation) and the time to record the outcome. The smallest
 size is the baseline the others are compared against: claiming must not grow with
 the queue.
+
+``--task-ms N`` makes each task last N ms (`sleep`) instead of none. With `true`
+the agents do nothing but claim and record, so 8 of them keep every core busy and
+a claim's time is mostly waiting for a CPU; tasks that take a while (as real ones
+take seconds to minutes) leave the cores free, and the claim's time is its own.
 
 ``--store redis`` (or ``both``, file first) runs the same fleets with
 ``[fleet] state = "redis://127.0.0.1:PORT/0"`` on a ``redis-server`` this script
@@ -56,16 +61,17 @@ heartbeat_s = 5
 {state}
 [agents.noop]
 kind = "command"
-command = ["true"]
+command = {command}
 """
 REDIS_START_S = 20.0
 MONITOR_END = "bench-queue-monitor-end"
 
 
-def make_fleet(root: Path, size: int, state: str | None = None) -> None:
-    """``size`` single-task files and a fleet.toml with a no-op command agent (on ``state``, if given)."""
+def make_fleet(root: Path, size: int, state: str | None = None, task_ms: int = 0) -> None:
+    """``size`` single-task files and a fleet.toml with a no-op (or ``task_ms`` sleep) agent, on ``state`` if given."""
     (root / "tasks").mkdir(parents=True)
-    (root / "fleet.toml").write_text(FLEET.format(state=f'state = "{state}"\n' if state else ""))
+    command = json.dumps(["sleep", str(task_ms / 1000)] if task_ms else ["true"])
+    (root / "fleet.toml").write_text(FLEET.format(state=f'state = "{state}"\n' if state else "", command=command))
     for n in range(size):
         (root / "tasks" / f"t{n:05d}.toml").write_text(f'prompt = "task {n}"\npriority = {n % 4}\n')
 
@@ -77,7 +83,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_queue(size: int, agents: int, redis: RedisServer | None = None,
-              counting: type[Counting] | None = None) -> dict:
+              counting: type[Counting] | None = None, task_ms: int = 0) -> dict:
     """Drain a fleet of ``size`` no-op tasks with ``agents`` processes; the agents' own timings.
 
     On Redis, ``counting`` counts the server's commands from just before the agents start until they
@@ -85,7 +91,7 @@ def run_queue(size: int, agents: int, redis: RedisServer | None = None,
     """
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "fleet"
-        make_fleet(root, size, redis.url if redis else None)
+        make_fleet(root, size, redis.url if redis else None, task_ms)
         store = open_store(load_config(root))  # on Redis: the fleet's incarnation, before the agents race for it
         counter = counting(redis) if counting and redis else None
         started = time.perf_counter()
@@ -100,7 +106,8 @@ def run_queue(size: int, agents: int, redis: RedisServer | None = None,
         finished = sum(record.state in FINISHED for record in records)
         overheads = [agent["overhead"] for agent in store.read_agents()]
     tasks, record_ms = sum(o["tasks"] for o in overheads), sum(o["record_ms"] for o in overheads)
-    run = {"store": "redis" if redis else "file", "tasks": size, "agents": agents, "done": len(claims),
+    run = {"store": "redis" if redis else "file", "tasks": size, "agents": agents, "task_ms": task_ms,
+           "done": len(claims),
            "finished": finished,
            "agent_exit_codes_ok": all(c == 0 for c in codes), "wall_s": round(wall_s, 2),
            "claim_ms_p50": round(percentile(claims, 50), 3), "claim_ms_p99": round(percentile(claims, 99), 3),
@@ -268,14 +275,14 @@ def per_claim(counts: dict[str, dict[str, int]], claims: int, finished: int) -> 
     return out
 
 
-def run_redis(sizes: list[int], agents: int) -> dict:
+def run_redis(sizes: list[int], agents: int, task_ms: int = 0) -> dict:
     """The timed runs on Redis (commandstats on), then one untimed run at the smallest size with MONITOR."""
     runs = []
     for size in sizes:
         with redis_server() as server:
-            runs.append(run_queue(size, agents, server, CommandStats))
+            runs.append(run_queue(size, agents, server, CommandStats, task_ms))
     with redis_server() as server:
-        counted = run_queue(sizes[0], agents, server, Monitor)
+        counted = run_queue(sizes[0], agents, server, Monitor, task_ms)
         version = server.client.info("server")["redis_version"]
     compare_sizes(runs)
     return {"queue": runs, "redis_version": version,
@@ -287,15 +294,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--agents", type=int, default=8)
+    parser.add_argument("--task-ms", type=int, default=0, help="how long each task runs (0: `true`, no time)")
     parser.add_argument("--store", choices=("file", "redis", "both"), default="file",
                         help="the agents' state store (both: the file store, then Redis, in one run)")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     if args.store in ("file", "both"):
-        out["queue"] = [run_queue(size, args.agents) for size in args.sizes]
+        out["queue"] = [run_queue(size, args.agents, task_ms=args.task_ms) for size in args.sizes]
         compare_sizes(out["queue"])
     if args.store in ("redis", "both"):
-        out["redis"] = measure_redis(args.sizes, args.agents)
+        out["redis"] = measure_redis(args.sizes, args.agents, args.task_ms)
         if "queue" in out and "queue" in out["redis"]:
             out["redis_vs_file"] = [{"tasks": f["tasks"], "claim_p50": round(r["claim_ms_p50"] / f["claim_ms_p50"], 2),
                                      "per_task": round(r["per_task_ms"] / f["per_task_ms"], 2)}
@@ -307,13 +315,13 @@ def main() -> None:
         sys.exit(1)
 
 
-def measure_redis(sizes: list[int], agents: int) -> dict:
+def measure_redis(sizes: list[int], agents: int, task_ms: int = 0) -> dict:
     """``run_redis`` and its targets, or why Redis cannot be measured here."""
     if shutil.which("redis-server") is None:
         return {"error": "redis-server is not on PATH; install it (apt-get install redis-server) to measure Redis"}
     if importlib.util.find_spec("redis") is None:
         return {"error": "redis-py is not installed; run `pip install -e '.[redis]'`"}
-    result = run_redis(sizes, agents)
+    result = run_redis(sizes, agents, task_ms)
     runs = result["queue"]
     result["targets"] = {"claim_p50_le_1ms": max(r["claim_ms_p50"] for r in runs) <= 1.0}
     if len(runs) > 1:
