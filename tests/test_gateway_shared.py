@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 
 import httpx
 
@@ -62,6 +63,7 @@ def test_100_identical_requests_on_two_gateways_make_one_upstream_call(two_gatew
     assert json.loads(results[0][2])["content"][0]["text"] == "reply to: " + PROMPT
     assert _shared_totals(gws) == {"requests": N, "upstream_calls": 1, "dedup_joined": N - 1, "dedup_hits": 0}
     assert all(gw.gateway.stats()["shared"]["up"] for gw in gws)
+    assert Counter(how for _, how, _ in results) == {"miss": 1, "joined": N - 1}  # the header says who answered
 
 
 def test_100_identical_streaming_requests_on_two_gateways_get_the_same_bytes(two_gateways, fake_upstream,
@@ -75,6 +77,7 @@ def test_100_identical_streaming_requests_on_two_gateways_get_the_same_bytes(two
     stream = streams.pop()
     assert stream.startswith(b"event: message_start") and stream.rstrip().endswith(b'{"type":"message_stop"}')
     assert _shared_totals(gws)["dedup_joined"] == N - 1
+    assert Counter(how for _, how, _ in results) == {"miss": 1, "joined": N - 1}
 
 
 def _answered_then_asked(server: RedisServer, first: tuple, *repeats: tuple) -> list[tuple[int, str, bytes]]:
@@ -96,7 +99,7 @@ def test_a_repeat_on_the_other_host_is_served_from_the_shared_cache(two_gateways
     first, streamed, again = _answered_then_asked(redis_server, (a, body), (b, {**body, "stream": True}), (b, body))
     assert len(fake_upstream.calls) == 1
     assert again[2] == first[2] and streamed[0] == 200 and b"message_stop" in streamed[2]
-    assert (streamed[1], again[1]) == ("miss", "hit")  # the shared cache answered the flight; then b's own cache
+    assert (streamed[1], again[1]) == ("hit", "hit")  # the shared cache answered the flight; then b's own cache
     stats = b.gateway.stats()
     assert stats["dedup_hits"] == 2 and stats["upstream_calls"] == 0 and stats["dedup_joined"] == 0
 

@@ -125,6 +125,7 @@ class Flight:
         self.started = False  # the first event (or the whole body) has arrived
         self.done = False
         self.abandoned = False
+        self.served_by: str | None = None  # across gateways: "joined" (another host's call) or "hit" (its cache)
         self.task: asyncio.Task | None = None
         self._changed = asyncio.Event()
 

@@ -252,14 +252,16 @@ class Proxy:
             await flight.wait_started()
         else:
             await flight.wait_done()
+        # The header says who answered: a flight this request started may have been answered by another host.
+        shown = flight.served_by if how == "miss" and flight.served_by else how
         if flight.error is not None and not flight.started:
-            return _error(dialect, from_exception(flight.error), how, flight.routed)
+            return _error(dialect, from_exception(flight.error), shown, flight.routed)
         if flight.reply is not None:
-            response: web.StreamResponse = _respond(dialect, flight.reply, stream, ask.body, how)
+            response: web.StreamResponse = _respond(dialect, flight.reply, stream, ask.body, shown)
         elif not stream:  # a non-streaming client of a stream that broke part-way
-            return _error(dialect, from_exception(flight.error or RuntimeError("stream failed")), how, flight.routed)
+            return _error(dialect, from_exception(flight.error or RuntimeError("stream failed")), shown, flight.routed)
         else:
-            response = await _relay(request, flight, how)
+            response = await _relay(request, flight, shown)
         if how == "joined" and flight.reply is not None:  # served in full by someone else's call
             self.ledger.record_shared(ask.who, how, flight.reply.usage, ask.hops[0].would_be or ask.hops[0].price)
         return response

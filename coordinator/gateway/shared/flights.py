@@ -118,14 +118,17 @@ class SharedFlights:
             if role == b"cached":
                 reply = unpack_reply(value)
                 self.ledger.record_shared(call.who, "hit", reply.usage, _saved_at(call))
+                flight.served_by = "hit"
                 flight.finish(reply)
                 return False
             if role == b"lead":
                 self._spawn(self._publish(flight, key, fid))
                 await self.pipeline.run(flight, call)
                 return True
+            flight.served_by = "joined"  # before any event: the clients' headers say so
             if await self._follow(flight, call, key, value.decode()):
                 return False
+            flight.served_by = None  # nothing was sent: this host asks again, and may lead
             log.info("gateway: the call leading %s on another host is gone; this host takes over", key[:8])
 
     # -- leading ---------------------------------------------------------------------------------
