@@ -160,20 +160,39 @@ def test_the_fleets_max_usd_holds_across_both_gateways(two_gateways, fake_upstre
     assert 1 <= statuses.count(200) <= int(0.002 / one) and statuses.count(402) == 40 - statuses.count(200)
 
 
-def test_an_rpm_limit_holds_across_both_gateways(two_gateways, fake_upstream) -> None:
-    gws = two_gateways(anthropic={"rpm": 60})  # one call a second, a burst of one, for the fleet
+def _paced(gws: tuple, fake: FakeUpstream, model: str, calls: int = 6) -> list[float]:
+    """``calls`` requests for ``model``, alternating gateways, all at once: when each reached the upstream."""
     seen: list[float] = []
-    fake_upstream.responder = lambda call: seen.append(time.monotonic())  # None: the default answer
+    fake.responder = lambda call: seen.append(time.monotonic())  # None: the default answer
 
     async def main() -> list:
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*[_post(client, gws[i % 2], {"model": MODEL, "max_tokens": 16,
+            return await asyncio.gather(*[_post(client, gws[i % 2], {"model": model, "max_tokens": 16,
                                                                       "messages": user(f"question {i}")})
-                                          for i in range(6)])
+                                          for i in range(calls)])
 
     assert {status for status, _, _ in asyncio.run(main())} == {200}
-    seen.sort()
-    assert len(seen) == 6
+    assert len(seen) == calls
+    return sorted(seen)
+
+
+def test_an_rpm_limit_holds_across_both_gateways(two_gateways, fake_upstream) -> None:
+    gws = two_gateways(anthropic={"rpm": 60})  # one call a second, a burst of one, for the fleet
+    seen = _paced(gws, fake_upstream, MODEL)
     # Each gateway alone would let one call a second through: two together at once, then pairs.
+    busiest = max(sum(1 for t in seen if start <= t < start + 0.5) for start in seen)
+    assert busiest == 1, f"calls at {[round(t - seen[0], 2) for t in seen]}"
+
+
+def test_a_backend_added_by_a_reload_shares_its_rpm_limit_across_both_gateways(two_gateways,
+                                                                               fake_upstream) -> None:
+    gws = two_gateways()
+    for gw in gws:  # the same edit on both hosts: a new backend with an rpm limit, and an alias to it
+        path = gw.gateway.config.config_path
+        path.write_text(path.read_text() + 'added = { backend = "added", model = "claude-sonnet-4-6" }\n\n'
+                        f'[backends.added]\nkind = "anthropic"\nbase_url = "{fake_upstream.url}"\nrpm = 60\n')
+        answer = httpx.post(f"{gw.url}/v1/coordinator/config/reload", headers={"x-api-key": gw.token}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    seen = _paced(gws, fake_upstream, "added")
     busiest = max(sum(1 for t in seen if start <= t < start + 0.5) for start in seen)
     assert busiest == 1, f"calls at {[round(t - seen[0], 2) for t in seen]}"

@@ -57,6 +57,8 @@ class Reloader:
                  backends: Mapping[str, Backend] | None = None) -> None:
         self.env, self.clock, self.metrics, self.redactor = env, clock, metrics, redactor
         self.on_apply, self.note = on_apply, note
+        # Wraps the limiter of a backend a reload adds (gateway/shared/: the fleet-wide buckets), as at start.
+        self.wrap_limiter: Callable[[str, Any, BackendConfig], Any] | None = None
         self.watch = ConfigWatch(config.config_path)
         made = backends or {name: _make_backend(name, cfg, env) for name, cfg in config.backends.items()}
         upstreams = {name: self._upstream(name, backend, config.backends[name]) for name, backend in made.items()}
@@ -148,6 +150,8 @@ class Reloader:
         if limiter is not None:
             limiter.retune(config)
         upstream = Upstream(name, backend, config, self.clock, limiter=limiter)
+        if limiter is None and self.wrap_limiter is not None:
+            upstream.limiter = self.wrap_limiter(name, upstream.limiter, config)
         upstream.limiter.observe_wait = self.metrics.child(self.metrics.limiter_wait, name).observe
         return upstream
 

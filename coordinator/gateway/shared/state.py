@@ -47,6 +47,8 @@ def attach(gateway: Gateway) -> SharedState:
                                    budgets=budgets, ledger=gateway.ledger, clock=gateway.clock)
     for name, upstream in gateway.upstreams.items():
         upstream.limiter = SharedLimiter(upstream.limiter, link, name, upstream.config, gateway.clock)
+    # A backend a reload adds shares its buckets too (one it keeps keeps its limiter, already shared).
+    gateway.reloader.wrap_limiter = lambda name, local, cfg: SharedLimiter(local, link, name, cfg, gateway.clock)
     gauge = Gauge("coordinator_gateway_shared_state_up", "1 while the fleet's Redis answers (dedup, cache, "
                   "limits, budgets shared across hosts), 0 while this gateway falls back to its own",
                   registry=gateway.metrics.registry)
