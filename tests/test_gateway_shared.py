@@ -153,6 +153,26 @@ def test_a_tasks_max_usd_holds_across_both_gateways(two_gateways, fake_upstream,
     assert abs(float(shared()["usd"]) - spent) < 1e-9  # what both gateways billed, counted once
 
 
+def test_after_a_flush_the_shared_spend_is_every_hosts_ledger_again(two_gateways, fake_upstream,
+                                                                       redis_server) -> None:
+    gws = two_gateways()
+    limit = 0.002
+    one = _estimate_usd({"model": MODEL, "max_tokens": 16, "messages": user("question 00")})
+    tokens = [task_token(gw.token, "t", max_usd=limit) for gw in gws]
+    first = _flood(gws, fake_upstream, tokens, 40)
+    key = "coordinator:{fleet:shared}:gw:budget:task:t"
+    wait_until(lambda: float(redis_server.client().hget(key, "rusd") or 1) < 1e-9, 10, "every hold settled")
+    spent = sum(gw.gateway.stats()["tasks"]["t"]["usd"] for gw in gws)
+    assert spent > 0 and {status for status in first if status != 402} == {200}
+    redis_server.client().flushall()  # the shared spend is gone; each host's ledger still has its part
+    wait_until(lambda: abs(float(redis_server.client().hget(key, "usd") or 0) - spent) < 1e-9, 10,
+               "both hosts' ledgers added back")
+    again = _flood(gws, fake_upstream, tokens, 40)
+    # The budget was spent before the flush: at most the one estimate of overshoot it always allows.
+    after = sum(gw.gateway.stats()["tasks"]["t"]["usd"] for gw in gws)
+    assert after <= limit + one, (first.count(200), again.count(200))
+
+
 def test_the_fleets_max_usd_holds_across_both_gateways(two_gateways, fake_upstream) -> None:
     gws = two_gateways(fleet={"max_usd": 0.002})
     one = _estimate_usd({"model": MODEL, "max_tokens": 16, "messages": user("question 00")})

@@ -9,6 +9,12 @@ call's estimate in the same script; ``settle`` drops the hold and adds what the 
 really cost. Concurrency across hosts can then overshoot by one estimate, as on one.
 A refusal is raised by ``check_budget`` itself from the figures the script returns,
 so the 402 says the same thing on every host. Redis down: no shared hold, local only.
+
+The shared spend is only as good as what Redis kept: after a flush (or on the first
+start) each gateway adds its own ledger to it once (``seed``, ``lua/seed.lua``, marked
+per host in the fleet's spend hash), so the fleet's and each task's spend are the sum
+of every host's ledger again. A gateway seeds when a hold finds its mark missing, and
+checks its mark at every link tick, so an idle host is counted within one tick too.
 """
 
 from __future__ import annotations
@@ -53,9 +59,11 @@ def _decimal(value: float) -> str:
 class SharedBudgets(Budgets):
     """``Budgets`` whose reservations carry their claims, plus the fleet-wide hold and settle."""
 
-    def __init__(self, ledger: Ledger, link: RedisLink) -> None:
+    def __init__(self, ledger: Ledger, link: RedisLink, host: str) -> None:
         super().__init__(ledger)
         self.link = link
+        self.marker = f"h:{host}"  # this host's mark in the fleet's spend hash: its ledger is counted
+        self.fleet_key = link.key("budget", "fleet")
 
     def reserve(self, claims: TokenClaims, estimate: Estimate) -> Reservation:
         """The local reservation (``Budgets.reserve``), remembering ``claims``."""
@@ -70,13 +78,16 @@ class SharedBudgets(Budgets):
         limited_task = task is not None and (claims.max_usd is not None or claims.max_tokens is not None)
         if claims is None or (fleet_max <= 0 and not limited_task):
             return None  # no budget applies: no round trip
-        keys = [self.link.key("budget", "fleet")] + ([self.link.key("budget", "task", task)] if task else [])
+        keys = [self.fleet_key] + ([self.link.key("budget", "task", task)] if task else [])
         estimate = reservation.estimate
         args = [_decimal(estimate.usd), str(estimate.tokens), _decimal(fleet_max), str(claims.generation),
                 "" if claims.max_usd is None else _decimal(claims.max_usd),
-                "" if claims.max_tokens is None else str(claims.max_tokens)]
+                "" if claims.max_tokens is None else str(claims.max_tokens), self.marker]
         try:
             reply = await self.link.run(lambda: self.link.script("hold")(keys=keys, args=args))
+            if reply[0] == b"unseeded":
+                await self.seed()
+                reply = await self.link.run(lambda: self.link.script("hold")(keys=keys, args=args))
         except SharedDown:
             return None
         if reply[0] != b"ok":
@@ -96,6 +107,20 @@ class SharedBudgets(Budgets):
         # The script and check_budget apply one rule; a float rounding apart still refuses.
         raise BudgetError(f"the shared budget refused this request ({reply[0].decode()}); raise its max_usd",
                           scope=reply[0].decode(), limit=fleet_max)
+
+    async def seed(self) -> bool:
+        """Add this host's ledger to the shared spend unless it is counted already; whether it added."""
+        budgets = list(self.ledger.generations.items())
+        keys = [self.fleet_key] + [self.link.key("budget", "task", task) for task, _ in budgets]
+        args = [self.marker, _decimal(self.ledger.totals["usd"])]
+        for _, (generation, usd, tokens) in budgets:
+            args += [str(int(generation)), _decimal(usd), str(int(tokens))]
+        return bool(await self.link.run(lambda: self.link.script("seed")(keys=keys, args=args)))
+
+    async def check_seeded(self) -> None:
+        """At a link tick: seed if this host's mark is gone (a flush); SharedDown while Redis is away."""
+        if not await self.link.run(lambda: self.link.client.hexists(self.fleet_key, self.marker)):
+            await self.seed()
 
     async def settle(self, hold: Hold | None, usd: float, tokens: int) -> None:
         """Drop ``hold`` and add what its call cost (nothing when Redis is down: the local ledger has it)."""

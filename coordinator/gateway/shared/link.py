@@ -60,6 +60,7 @@ class RedisLink:
         self._scripts: dict[str, Any] = {}
         self._watcher: asyncio.Task | None = None
         self._answered = False  # it has been up once (the first time is no recovery)
+        self.ticks: list[Callable[[], Awaitable[None]]] = []  # run after every probe that found Redis up
 
     def key(self, *parts: str) -> str:
         """A gateway key of this fleet: ``coordinator:{fleet:<name>}:gw:<parts joined by :>``."""
@@ -107,6 +108,11 @@ class RedisLink:
         while True:
             await self.clock.sleep(PROBE_S)
             await self._probe(first=False)
+            for tick in self.ticks if self.up else ():
+                try:
+                    await tick()
+                except SharedDown:
+                    break  # marked down by run(); the next probe tells when it is back
 
     async def _probe(self, *, first: bool) -> None:
         try:

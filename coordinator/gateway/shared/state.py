@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Gauge
 
+from ...liveness import HOST
 from .budgets import SharedBudgets
 from .cache import SharedCache
 from .flights import SharedFlights
@@ -41,7 +42,8 @@ def attach(gateway: Gateway) -> SharedState:
     link = RedisLink(config.fleet.state, fleet=config.fleet.state_name or config.root.resolve().name,
                      password=config.state_password, clock=gateway.clock)
     proxy, settings = gateway.proxy, config.gateway
-    proxy.budgets = budgets = SharedBudgets(gateway.ledger, link)
+    proxy.budgets = budgets = SharedBudgets(gateway.ledger, link, f"{HOST}:{config.root.resolve()}")
+    link.ticks.append(budgets.check_seeded)  # a flushed Redis gets this host's ledger back within a tick
     cache = SharedCache(link, ttl_s=settings.cache_ttl_s, max_bytes=int(settings.cache_max_mb * 1024 * 1024))
     proxy.pipeline = SharedFlights(proxy.pipeline, link, lease_s=settings.shared_lease_s, cache=cache,
                                    budgets=budgets, ledger=gateway.ledger, clock=gateway.clock)

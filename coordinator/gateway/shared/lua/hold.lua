@@ -1,11 +1,14 @@
 -- hold: check a call's budgets across gateways and reserve its estimate, atomically (budgets.check_budget's rule).
 -- KEYS: the fleet's spend hash, [the task's spend hash]. Spend hashes: usd, tok (spent), rusd, rtok (reserved);
 -- a task's also g, the retry generation its figures count (a newer one starts from zero).
--- ARGV: estimate USD, estimate tokens, fleet max USD (0: none), generation, task max USD, task max tokens ('' : none).
+-- ARGV: estimate USD, estimate tokens, fleet max USD (0: none), generation, task max USD, task max tokens ('' : none),
+-- this host's marker field (seed.lua sets it when it adds the host's ledger).
 -- {'ok', generation held} | {'fleet', spent + reserved} | {'task', USD spent + reserved, tokens spent + reserved}
+-- | {'unseeded'}: this host's ledger is not in the shared spend (a flushed Redis); seed, then ask again.
 local function num(key, field)
   return tonumber(redis.call('HGET', key, field) or '0')
 end
+if redis.call('HEXISTS', KEYS[1], ARGV[7]) == 0 then return {'unseeded'} end
 local est_usd, est_tok, fleet_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local fleet = num(KEYS[1], 'usd') + num(KEYS[1], 'rusd')
 if fleet_max > 0 and (fleet >= fleet_max or fleet + est_usd > fleet_max) then
