@@ -79,3 +79,20 @@ def store_holder():  # noqa: ANN201
     from coordinator.queue.claims import current_holder
 
     return current_holder("probe")
+
+
+def test_coordinator_add_on_redis_makes_the_task_claimable_at_once(redis_server: RedisServer,
+                                                                   make_fleet: Callable[..., Path]) -> None:
+    """No agent has to rescan the folder first: `add` loads the definition into the ready set itself."""
+    from coordinator.config import load_config
+    from coordinator.store import open_store
+
+    redis_server.flush()
+    root = make_fleet(f'[fleet]\nstate = "{redis_server.url}"\nstate_name = "adding"\ndefault_agent = "noop"\n'
+                      f'{NOOP_AGENT}', tasks={})
+    added = subprocess.run(coordinator_argv("-C", str(root), "add", "write the changelog", "--id", "changelog",
+                                            "--priority", "high"),
+                           capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert added.returncode == 0, added.stderr
+    claim = open_store(load_config(root)).claim_next(store_holder(), lease_s=30)
+    assert claim is not None and claim.task == "changelog"

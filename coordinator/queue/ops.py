@@ -67,7 +67,7 @@ def add_task(config: FleetConfig, prompt: str, *, task_id: str | None = None, pr
     _tasks_folder(config)
     if not write_new_file(path, tomli_w.dumps(data).encode("utf-8")):  # the stem is the id: no id key needed
         raise TaskError(f"tasks/{name}.toml already exists; pick another --id", task_id=name)
-    publish_written(config, [path])
+    publish_written(config, [path], load=True)
     return path
 
 

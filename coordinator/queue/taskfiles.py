@@ -101,8 +101,13 @@ def read_shared(path: str, key: tuple[Any, ...]) -> tuple[str, int, str] | None:
     return hashlib.sha256(data).hexdigest(), mtime_ns, data.decode("utf-8", errors="replace")
 
 
-def publish_written(config: FleetConfig, paths: Iterable[Path], store: Store | None = None) -> None:
-    """Publish task files this process just wrote (``add``, the API, MCP) at once, on a shared store."""
+def publish_written(config: FleetConfig, paths: Iterable[Path], store: Store | None = None, *,
+                    load: bool = False) -> None:
+    """Publish task files this process just wrote (``add``, the API, MCP) at once, on a shared store.
+
+    ``load`` also loads their definitions into the store's ready set (``add``: a one-shot
+    process; the API and MCP load through the view they keep, on their rescan).
+    """
     paths = list(paths)
     if config.fleet.state == "file" or not paths:
         return  # one disk: every process reads the files themselves
@@ -123,3 +128,7 @@ def publish_written(config: FleetConfig, paths: Iterable[Path], store: Store | N
             out[display_source(root, path)] = shared
     if out:
         store.share_task_files(out)
+    if load and store.ready_index:  # claimable at once, not at the agents' next rescan
+        from ..tasks.cache import open_index  # noqa: PLC0415
+
+        SharedTaskFiles(store, open_index(config)).refresh()
