@@ -273,7 +273,7 @@ def blocked_reason(config: FleetConfig, taskset: TaskSet, task_id: str) -> str |
     from .view import QueueView  # noqa: PLC0415  (reads every record: only when a command needs it)
 
     store = open_store(config)
-    view = QueueView(config, store)
+    view = QueueView(config, store, loads=False)
     view.resync(build_heap=False)
     if view.states.get(task_id, State.PENDING) != State.PENDING:
         return None

@@ -33,9 +33,10 @@ from ..tasks.index import TaskIndex, display_source
 class SharedTaskFiles:
     """A TaskIndex kept in step with the store's shared task files."""
 
-    def __init__(self, store: Store, index: TaskIndex) -> None:
+    def __init__(self, store: Store, index: TaskIndex, *, loads: bool = True) -> None:
         self.store = store
         self.index = index
+        self.loads = loads and store.ready_index  # reports read the files; claimers and enqueuers load them
         self.published: dict[str, tuple[Any, ...]] = {}  # source → the stat key it was published at
         self.version: int | None = None
         self.loaded: dict[str, tuple[Any, ...]] = {}  # task id → the definition this process loaded
@@ -51,7 +52,7 @@ class SharedTaskFiles:
         if files is not None:
             self.version, self.index.shared = version, files
             taskset = self.index.refresh()
-        if self.store.ready_index and taskset is not self._loaded_from:
+        if self.loads and taskset is not self._loaded_from:
             self._load(taskset)
         return taskset
 

@@ -40,12 +40,13 @@ class QueueCounts:
 class QueueView:
     """Ready tasks in priority order, kept in step with the store's event feed."""
 
-    def __init__(self, config: FleetConfig, store: Store, *, clock: Clock = REAL_CLOCK) -> None:
+    def __init__(self, config: FleetConfig, store: Store, *, clock: Clock = REAL_CLOCK, loads: bool = True) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.index = open_index(config)
-        self.files = SharedTaskFiles(store, self.index)  # every host's task files, on a shared store
+        # Every host's task files, on a shared store; ``loads``: into its ready set too (reports do not).
+        self.files = SharedTaskFiles(store, self.index, loads=loads)
         self.taskset: TaskSet = TaskSet(tasks={}, invalid=[], blocked={}, dependents={})
         self.states: dict[str, State] = {}
         self.heap: list[tuple[tuple, str]] = []

@@ -65,7 +65,7 @@ class FleetSnapshot:
 def snapshot(config: FleetConfig, store: Store | None = None) -> FleetSnapshot:
     """Read task files, records and claims once, and derive every row."""
     store = store or open_store(config)
-    view = QueueView(config, store)
+    view = QueueView(config, store, loads=False)  # a report: reads, loads nothing into a ready set
     records = {r.id: r for r in store.iter_records()}
     view.resync(records.values(), build_heap=False)
     rows = []
