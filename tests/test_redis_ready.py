@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 
 from coordinator.clock import ManualClock
+from coordinator.config import load_config
 from coordinator.errors import ConfigError
-from coordinator.queue.claims import current_holder
+from coordinator.queue.claims import ClaimBook, current_holder
+from coordinator.queue.picking import claim_best
+from coordinator.queue.view import QueueView
+from coordinator.store import open_store
 from coordinator.store.base import Claim
 from coordinator.tasks import Task
 from coordinator.tasks.model import State
@@ -258,3 +262,41 @@ def test_a_member_that_is_not_ready_after_all_is_skipped_not_claimed(store: Redi
     rank = store.client.hget(store.keys.task("done"), "d.rank")
     store.client.zadd(store.keys.ready, {rank: 0})  # a member no script should have left
     assert drain(store) == ["next"] and store.read_record("done").attempts == 1
+
+
+def _agent_parts(root: Path) -> tuple[RedisStore, ClaimBook, QueueView]:
+    """What an agent claims with: the fleet's store, a claim book, and a view of the task files."""
+    config = load_config(root)
+    store = open_store(config)
+    return store, ClaimBook(store, lease_s=LEASE_S), QueueView(config, store)
+
+
+def test_a_ready_task_missing_from_the_ready_set_is_still_claimed_and_said(redis_server: RedisServer,
+                                                                          make_fleet) -> None:
+    """The safety net: the agent's own view finds what the store's ready set lacks, claims it by id, warns."""
+    redis_server.flush()
+    root = make_fleet(f'[fleet]\nstate = "{redis_server.url}"\nstate_name = "net"\n',
+                      tasks={"only.toml": 'prompt = "x"\n'})
+    store, book, _ = _agent_parts(root)
+    view = QueueView(load_config(root), store, loads=False)  # so nothing put it in the ready set
+    view.resync()
+    warnings: list[str] = []
+    picked = claim_best(view, book, current_holder("a1"), warnings.append)
+    assert picked is not None and picked[0].id == "only" and picked[1].task == "only"
+    assert warnings == ["only: ready here but not in the store's ready set; claimed it by id"]
+    assert claim_best(view, book, current_holder("a1"), warnings.append) is None and len(warnings) == 1
+
+
+def test_an_agent_view_that_agrees_with_the_ready_set_claims_without_a_word(redis_server: RedisServer,
+                                                                           make_fleet) -> None:
+    redis_server.flush()
+    root = make_fleet(f'[fleet]\nstate = "{redis_server.url}"\nstate_name = "agree"\n',
+                      tasks={"b.toml": 'prompt = "b"\npriority = "low"\n', "a.toml": 'prompt = "a"\n'})
+    store, book, view = _agent_parts(root)
+    view.resync()
+    warnings: list[str] = []
+    order = []
+    while (picked := claim_best(view, book, current_holder("a1"), warnings.append)) is not None:
+        order.append(picked[0].id)
+        store.finish(picked[1], ok=True, max_attempts=1)
+    assert order == ["a", "b"] and warnings == []

@@ -20,11 +20,17 @@ from .view import QueueView
 def claim_best(view: QueueView, book: ClaimBook, holder: Holder,
                warn: Callable[[str], None]) -> tuple[Task, Claim] | None:
     """Claim the best ready task; None when nothing is ready (or the fleet is paused)."""
-    if book.store.ready_index:
-        picked = _from_store(view, book, holder, warn)
-        if picked is not None:
-            return picked
-    return _from_view(view, book, holder, warn if book.store.ready_index else None)
+    if not book.store.ready_index:
+        return _from_view(view, book, holder, None)
+    picked = _from_store(view, book, holder, warn)
+    if picked is not None:
+        return picked
+    view.catch_up()
+    if view.paused or view.peek_ready() is None:
+        return None  # the store and this agent's view agree: nothing is ready
+    # The view sees a ready task the store did not hand out. It may have become ready just now
+    # (released, its backoff over): ask the store once more before claiming it by id.
+    return _from_store(view, book, holder, warn) or _from_view(view, book, holder, warn)
 
 
 def _from_store(view: QueueView, book: ClaimBook, holder: Holder,

@@ -123,6 +123,13 @@ class QueueView:
                 return self.taskset.tasks[task_id]
         return None
 
+    def peek_ready(self) -> Task | None:
+        """The best ready task by local knowledge, left in the heap."""
+        task = self.pop_ready()
+        if task is not None:
+            heapq.heappush(self.heap, (task.sort_key(), task.id))
+        return task
+
     def is_ready(self, task_id: str) -> bool:
         """Pending, valid, every dependency done, and not backing off after a failed attempt."""
         return self._is_runnable(task_id) and not self._is_backing_off(task_id)
