@@ -35,6 +35,7 @@ from ..queue.picking import claim_best
 from ..queue.view import QueueView
 from ..runners import RunContext, RunResult, get_runner
 from ..store import Claim, open_store
+from ..store.base import ready_set
 from ..tasks import State, Task
 from .gc import salvage_reclaimed
 from .homes import config_dir_env
@@ -343,7 +344,7 @@ class Agent:
 
     def _is_queue_drained(self) -> bool:
         """Nothing ready and nothing running anywhere, after a full resync (which a ready set spares while busy)."""
-        if self.store.ready_index and any(self.store.ready_counts()):
+        if (ready := ready_set(self.store)) is not None and any(ready.ready_counts()):
             return False  # one round trip, not every record, while the last tasks run elsewhere
         self._full_resync()
         counts = self.view.counts()

@@ -22,6 +22,7 @@ from ..clock import REAL_CLOCK, Clock
 from ..config import FleetSection
 from ..liveness import HOST, kill_group_of, process_is_alive, start_time
 from ..store import Claim, Holder, Record, Store
+from ..store.base import ReadySet
 from ..tasks import Task
 
 
@@ -106,9 +107,9 @@ class ClaimBook:
         """Claim ``task`` if it is pending and unclaimed."""
         return self.store.claim(task.id, holder, lease_s=self.lease_s)
 
-    def claim_next(self, holder: Holder) -> Claim | None:
-        """Claim the best ready task from the store's own ready set (``Store.ready_index``)."""
-        return self.store.claim_next(holder, lease_s=self.lease_s)
+    def claim_next(self, ready: ReadySet, holder: Holder) -> Claim | None:
+        """Claim the best ready task from the store's own ready set."""
+        return ready.claim_next(holder, lease_s=self.lease_s)
 
     def renew(self, claim: Claim, *, child_pid: int | None = None) -> Claim:
         """Extend the lease, noting a new runner's identity; ``ClaimLostError`` if taken over."""

@@ -1,6 +1,6 @@
 """Which task an agent claims next: the best ready one, by priority and then run order.
 
-A store that keeps the ready set itself (Redis, ``Store.ready_index``) picks and
+A store that keeps the ready set itself (Redis, ``store.base.ReadySet``) picks and
 claims in one server-side call, so a claim is one round trip whatever the queue's
 size. Otherwise the agent's view keeps a heap of ready tasks, caught up from the
 event feed, and claims its top by id; a stale view costs a refused claim, never a
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..store import Claim, Holder
+from ..store.base import ReadySet, ready_set
 from ..tasks import State, Task
 from .claims import ClaimBook
 from .view import QueueView
@@ -20,9 +21,10 @@ from .view import QueueView
 def claim_best(view: QueueView, book: ClaimBook, holder: Holder,
                warn: Callable[[str], None]) -> tuple[Task, Claim] | None:
     """Claim the best ready task; None when nothing is ready (or the fleet is paused)."""
-    if not book.store.ready_index:
+    ready = ready_set(book.store)
+    if ready is None:
         return _from_view(view, book, holder, None)
-    picked = _from_store(view, book, holder, warn)
+    picked = _from_store(ready, view, book, holder, warn)
     if picked is not None:
         return picked
     view.catch_up()
@@ -30,13 +32,13 @@ def claim_best(view: QueueView, book: ClaimBook, holder: Holder,
         return None  # the store and this agent's view agree: nothing is ready
     # The view sees a ready task the store did not hand out. It may have become ready just now
     # (released, its backoff over): ask the store once more before claiming it by id.
-    return _from_store(view, book, holder, warn) or _from_view(view, book, holder, warn)
+    return _from_store(ready, view, book, holder, warn) or _from_view(view, book, holder, warn)
 
 
-def _from_store(view: QueueView, book: ClaimBook, holder: Holder,
+def _from_store(ready: ReadySet, view: QueueView, book: ClaimBook, holder: Holder,
                 warn: Callable[[str], None]) -> tuple[Task, Claim] | None:
     """One ``claim_next`` call; the task's definition from this host's task files."""
-    claim = book.claim_next(holder)
+    claim = book.claim_next(ready, holder)
     if claim is None:
         return None
     task = view.taskset.tasks.get(claim.task)

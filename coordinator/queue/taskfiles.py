@@ -10,7 +10,7 @@ wins over a published one of the same name. Removing a file does not unpublish
 it: cancel the task instead. Files a task reads (``context``, the repository)
 must still exist on each host.
 
-On a store that keeps the ready set itself (``Store.ready_index``) the same
+On a store that keeps the ready set itself (``store.base.ReadySet``) the same
 refresh loads each valid task's definition (priority, run order, dependencies)
 into it, sending only what changed since this process last did; a task that is
 no longer valid (its file broke, a dependency cycle) is dropped from it.
@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import FleetConfig
 from ..store import Store
+from ..store.base import ReadySet, ready_set
 from ..tasks.graph import TaskSet
 from ..tasks.model import Task
 from ..tasks.index import TaskIndex, display_source
@@ -36,7 +37,7 @@ class SharedTaskFiles:
     def __init__(self, store: Store, index: TaskIndex, *, loads: bool = True) -> None:
         self.store = store
         self.index = index
-        self.loads = loads and store.ready_index  # reports read the files; claimers and enqueuers load them
+        self.ready = ready_set(store) if loads else None  # reports read the files; claimers and enqueuers load them
         self.published: dict[str, tuple[Any, ...]] = {}  # source → the stat key it was published at
         self.version: int | None = None
         self.loaded: dict[str, tuple[Any, ...]] = {}  # task id → the definition this process loaded
@@ -52,8 +53,8 @@ class SharedTaskFiles:
         if files is not None:
             self.version, self.index.shared = version, files
             taskset = self.index.refresh()
-        if self.loads and taskset is not self._loaded_from:
-            self._load(taskset)
+        if self.ready is not None and taskset is not self._loaded_from:
+            self._load(self.ready, taskset)
         return taskset
 
     def unload(self, task_ids: list[str]) -> TaskSet:
@@ -63,13 +64,13 @@ class SharedTaskFiles:
         self._loaded_from = None
         return self.refresh()
 
-    def _load(self, taskset: TaskSet) -> None:
+    def _load(self, ready: ReadySet, taskset: TaskSet) -> None:
         """Load the definitions that changed into the store's ready set; drop those no longer valid."""
         want = {task_id: definition(task) for task_id, task in taskset.tasks.items() if task_id not in taskset.blocked}
         changed = [taskset.tasks[task_id] for task_id, key in want.items() if self.loaded.get(task_id) != key]
         gone = [task_id for task_id in self.loaded if task_id not in want]
         if changed or gone:
-            dropped = self.store.load_ready(changed, gone, version=self.version or 0)
+            dropped = ready.load_ready(changed, gone, version=self.version or 0)
             self.loaded.update((task.id, want[task.id]) for task in changed)
             if not dropped:
                 return  # the files moved meanwhile: the next refresh tries again
@@ -129,7 +130,7 @@ def publish_written(config: FleetConfig, paths: Iterable[Path], store: Store | N
             out[display_source(root, path)] = shared
     if out:
         store.share_task_files(out)
-    if load and store.ready_index:  # claimable at once, not at the agents' next rescan
+    if load and ready_set(store) is not None:  # claimable at once, not at the agents' next rescan
         from ..tasks.cache import open_index  # noqa: PLC0415
 
         SharedTaskFiles(store, open_index(config)).refresh()

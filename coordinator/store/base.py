@@ -246,29 +246,6 @@ class Store(ABC):
     def read_agents(self) -> list[dict[str, Any]]:
         """Every agent's last published status, by agent id."""
 
-    # -- the ready set (DESIGN §13) ----------------------------------------------
-
-    # Whether the store keeps the ready queue itself (Redis): then agents claim with one
-    # ``claim_next`` call, and every process that reads task files loads their definitions.
-    # Otherwise each agent picks from its own view's heap and claims by id (queue/picking.py).
-    ready_index = False
-
-    def claim_next(self, holder: Holder, *, lease_s: float) -> Claim | None:
-        """Claim the best ready task (priority, then run order); None if none is ready or the fleet is paused."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no ready set; claim by id")
-
-    def load_ready(self, tasks: Sequence[Task], gone: Sequence[str], *, version: int) -> bool:
-        """Load task definitions (priority, run order, dependencies) for ``claim_next``, idempotently.
-
-        ``gone`` (ids whose definitions are no longer valid) are dropped only while ``version`` is
-        still the shared task files' version; whether they were (or there were none).
-        """
-        return True
-
-    def ready_counts(self) -> tuple[int, int, int]:
-        """Tasks ready, backing off, and claimed, by the store's own ready set (one round trip)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no ready set; count the view")
-
     # -- task files across hosts (DESIGN §13) -----------------------------------
 
     # Whether hosts that do not share a disk share this store (Redis): then each host
@@ -282,3 +259,34 @@ class Store(ABC):
     def read_task_files(self, known_version: int | None) -> tuple[int, dict[str, tuple[str, int, str]] | None]:
         """(version, every shared file), or (version, None) when nothing changed since ``known_version``."""
         return 0, None
+
+
+class ReadySet(ABC):
+    """A store that keeps the ready queue itself (Redis, DESIGN §13): agents claim with one ``claim_next``.
+
+    Every process that reads task files to claim or enqueue loads their definitions
+    (``queue/taskfiles.py``); the store then keeps which tasks are ready as states
+    change. A store without it (file, memory) leaves the pick to each agent's view,
+    which claims by id (``queue/picking.py``).
+    """
+
+    @abstractmethod
+    def claim_next(self, holder: Holder, *, lease_s: float) -> Claim | None:
+        """Claim the best ready task (priority, then run order); None if none is ready or the fleet is paused."""
+
+    @abstractmethod
+    def load_ready(self, tasks: Sequence[Task], gone: Sequence[str], *, version: int) -> bool:
+        """Load task definitions (priority, run order, dependencies) for ``claim_next``, idempotently.
+
+        ``gone`` (ids whose definitions are no longer valid) are dropped only while ``version`` is
+        still the shared task files' version; whether they were (or there were none).
+        """
+
+    @abstractmethod
+    def ready_counts(self) -> tuple[int, int, int]:
+        """Tasks ready, backing off, and claimed, by the store's own ready set (one round trip)."""
+
+
+def ready_set(store: Store) -> ReadySet | None:
+    """``store`` as a ``ReadySet`` when it keeps one, else None."""
+    return store if isinstance(store, ReadySet) else None

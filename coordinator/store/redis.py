@@ -30,7 +30,7 @@ from typing import Any
 from ..clock import Clock, poll
 from ..errors import ClaimLostError, ConfigError, IncarnationError, StoreError, StoreUnavailableError
 from ..tasks.model import TRANSITIONS, State, Task, after_attempt, transition
-from .base import Claim, Holder, Record, Store
+from .base import Claim, Holder, ReadySet, Record, Store
 from .redis_fields import (ALL_CLAIM_FIELDS, ALL_RECORD_FIELDS, claim_fields, history_entry, landing_fields, ready_row,
                            record_fields, split)
 
@@ -77,7 +77,7 @@ def script_source(name: str) -> str:
     return "\n".join((folder / f"{part}.lua").read_text("utf-8") for part in ("prelude", *PARTS.get(name, (name,))))
 
 
-class RedisStore(Store):
+class RedisStore(Store, ReadySet):
     """The contract over one Redis primary with AOF on (see ``redis_setup`` for the checks)."""
 
     def __init__(self, client: redis.Redis, *, keys: Keys, incarnation: str, url: str,
@@ -171,8 +171,6 @@ class RedisStore(Store):
         return split(task_id, reply[1])[1] if reply[0] == "claimed" else None
 
     # -- the ready set (DESIGN §13): the server picks, so a claim is one round trip ----------
-
-    ready_index = True
 
     def claim_next(self, holder: Holder, *, lease_s: float) -> Claim | None:
         reply = self._run("claim_next", None, {"task": None, **_claiming(holder, lease_s)})
