@@ -8,6 +8,7 @@ every move in and out of "ready" against what the agent's own view would pick.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -300,3 +301,80 @@ def test_an_agent_view_that_agrees_with_the_ready_set_claims_without_a_word(redi
         order.append(picked[0].id)
         store.finish(picked[1], ok=True, max_attempts=1)
     assert order == ["a", "b"] and warnings == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_ready_set_matches_the_rule_after_any_sequence_of_operations(store: RedisStore, clock: ManualClock,
+                                                                        seed: int) -> None:
+    """Random operations; after each, `ready` holds exactly the tasks the rule calls ready, in run order.
+
+    The rule (what the agent's own view computes): loaded, pending, every dependency done,
+    no backoff running. Dependencies and priorities change on reloads, as edited files do.
+    """
+    rng = random.Random(seed)
+    ids = [f"t{n}" for n in range(12)]
+    defs: dict[str, Task] = {}
+    claims: dict[str, Claim] = {}
+
+    def define(task_id: str) -> Task:
+        earlier = [other for other in ids if other < task_id]  # no cycles: a task waits only on smaller ids
+        deps = tuple(rng.sample(earlier, k=min(len(earlier), rng.choice([0, 0, 1, 2]))))
+        return task(task_id, rng.randrange(4), seen=rng.randrange(3), deps=deps)
+
+    def expected() -> tuple[list[str], set[str], set[str]]:
+        """(ready in run order, backing off, backed off but not yet promoted) by the rule."""
+        records = {tid: store.read_record(tid) for tid in ids}
+
+        def state(tid: str) -> str:
+            return str(records[tid].state) if records[tid] else "pending"
+
+        runnable = [t for tid, t in defs.items()
+                    if state(tid) == "pending" and all(state(dep) == "done" for dep in t.depends_on)]
+        retry_at = {t.id: records[t.id].retry_at for t in runnable if records[t.id] and records[t.id].retry_at}
+        holding = {tid for tid, at in retry_at.items() if at > clock.wall()}
+        ready = [t.id for t in sorted(runnable, key=Task.sort_key) if t.id not in retry_at or t.id not in holding]
+        return ready, holding, set(retry_at) - holding
+
+    for step in range(200):
+        move = rng.choice(["load", "load", "claim", "claim", "finish", "fail", "release", "cancel", "retry",
+                           "reclaim", "wait"])
+        if move == "load":
+            chosen = rng.sample(ids, k=rng.randint(1, 4))
+            changed = [define(tid) for tid in chosen]
+            defs.update((t.id, t) for t in changed)
+            store.load_ready(changed, [], version=0)
+        elif move == "claim":
+            claim = take(store)
+            if claim is not None:
+                claims[claim.task] = claim
+        elif move in ("finish", "fail", "release", "reclaim") and claims:
+            claim = claims.pop(rng.choice(sorted(claims)))
+            if move == "finish":
+                store.finish(claim, ok=True, max_attempts=3)
+            elif move == "fail":
+                store.finish(claim, ok=False, max_attempts=3, error="x", backoff_s=rng.choice([0, 5]))
+            elif move == "release":
+                store.release(claim, reason="stopping")
+            else:
+                store.reclaim(claim, reason="expired", max_attempts=3)
+        elif move == "cancel" and defs:
+            tid = rng.choice(sorted(defs))
+            record = store.read_record(tid)
+            if record is None or record.state in (State.PENDING, State.RUNNING):
+                store.cancel(tid)
+                claims.pop(tid, None)
+        elif move == "retry" and defs:
+            tid = rng.choice(sorted(defs))
+            record = store.read_record(tid)
+            if record is not None and record.state in (State.DONE, State.FAILED, State.CANCELLED):
+                store.retry(tid)
+        elif move == "wait":
+            clock.advance(rng.choice([1, 6]))
+            take_due = store.claim_next(current_holder("probe"), lease_s=LEASE_S)  # promotes due backoffs
+            if take_due is not None:
+                claims[take_due.task] = take_due
+        ready, holding, due = expected()
+        delayed = set(store.client.zrange(store.keys.delayed, 0, -1))
+        # A backoff that ran out waits in `delayed` until the next claim promotes it; nothing else is there.
+        assert holding <= delayed <= holding | due, f"seed {seed}, step {step} ({move})"
+        assert ready_members(store) == [tid for tid in ready if tid not in delayed], f"seed {seed}, step {step} ({move})"
