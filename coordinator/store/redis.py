@@ -12,10 +12,12 @@ finds its own token and returns the same answer instead of being fenced.
 
 Keys share the hash tag ``{fleet:<name>}``, so two fleets share a Redis and a
 fleet's keys stay on one Cluster slot: ``task:<id>`` hashes (record fields, claim
-fields under ``c.``; ``redis_fields``), ``leases`` (sorted by expiry), ``records``
-(ids with a record), ``events`` (ids ``0-<n>``: ``n`` is the cursor), ``agents``
-(heartbeats), ``paused``, ``landing`` and ``incarnation``. ``redis_setup.connect``
-builds one after the start-up checks.
+fields under ``c.``, the loaded definition under ``d.``; ``redis_fields``), ``leases``
+(sorted by expiry), ``records`` (ids with a record), ``events`` (ids ``0-<n>``: ``n``
+is the cursor), ``agents`` (heartbeats), ``paused``, ``landing`` and ``incarnation``.
+The ready set (``ReadySet``): ``ready`` (by priority, then rank), ``delayed`` (by
+``retry_at``), ``dependents:<id>`` and ``claimed`` (each agent's last claim token);
+see docs/architecture.md. ``redis_setup.connect`` builds one after the start-up checks.
 """
 
 from __future__ import annotations
