@@ -46,7 +46,8 @@ def _from_store(ready: ReadySet, view: QueueView, book: ClaimBook, holder: Holde
         view.rescan()  # another host's new file, not read here yet
         task = view.taskset.tasks.get(claim.task)
     if task is None or claim.task in view.taskset.blocked:
-        view.taskset = view.files.unload([claim.task])  # first, so the release does not make it ready again
+        view.files.unload([claim.task])
+        view.rescan()  # drops it now, so the release below does not make it ready again
         book.release(claim, reason="its task file is not valid on this host")
         warn(f"{claim.task}: claimed from the store's ready set but its task file is not valid here; "
              "dropped it from the ready set")

@@ -57,12 +57,22 @@ class SharedTaskFiles:
             self._load(self.ready, taskset)
         return taskset
 
-    def unload(self, task_ids: list[str]) -> TaskSet:
-        """Drop tasks this host finds invalid from the store's ready set now (a claim found one there)."""
+    def load_sources(self, sources: set[str]) -> None:
+        """Load only the tasks of ``sources`` (files this process just wrote and published) into the ready set."""
+        if self.ready is None:
+            return
+        version, files = self.store.read_task_files(None)  # other hosts' files: dependencies, cycles
+        self.version, self.index.shared = version, files or {}
+        taskset = self.index.refresh()
+        tasks = [task for task in taskset.tasks.values() if task.source in sources and task.id not in taskset.blocked]
+        if tasks:
+            self.ready.load_ready(tasks, [], version=version)
+
+    def unload(self, task_ids: list[str]) -> None:
+        """Drop tasks this host finds invalid from the store's ready set at the next refresh (a claim found one)."""
         for task_id in task_ids:
             self.loaded[task_id] = ("unloading",)  # sent as gone unless valid after all
         self._loaded_from = None
-        return self.refresh()
 
     def _load(self, ready: ReadySet, taskset: TaskSet) -> None:
         """Load the definitions that changed into the store's ready set; drop those no longer valid."""
@@ -130,7 +140,7 @@ def publish_written(config: FleetConfig, paths: Iterable[Path], store: Store | N
             out[display_source(root, path)] = shared
     if out:
         store.share_task_files(out)
-    if load and ready_set(store) is not None:  # claimable at once, not at the agents' next rescan
+    if load and out:  # claimable at once, not at the agents' next rescan
         from ..tasks.cache import open_index  # noqa: PLC0415
 
-        SharedTaskFiles(store, open_index(config)).refresh()
+        SharedTaskFiles(store, open_index(config)).load_sources(set(out))
